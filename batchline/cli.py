@@ -1,0 +1,184 @@
+"""The `batchline` command: run the pipeline, run the demo, or serve the emulator.
+
+This is the console surface, so it is the one place that prints. Prefect is imported lazily, only
+by the commands that run a flow, so `batchline emulator` and `--help` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from batchline.config import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from batchline.build import BuildSummary
+    from batchline.write import RunSummary
+
+console = Console()
+
+DEMO_OUTPUT = "batchline-demo-out"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["emulator"]:
+        from batchline.emulator.cli import main as emulator_main
+
+        return emulator_main(args_list[1:])
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.handler(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchline", description="Bulk LLM work through Anthropic's Message Batches API."
+    )
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run the pipeline over a folder or file of documents")
+    run.add_argument("source", help="folder of .txt/.md, or .jsonl/.csv/.parquet; local or s3://")
+    run.add_argument("--output", required=True, help="output root, local or s3://")
+    _add_job_arguments(run)
+    run.add_argument("--dry-run", action="store_true", help="build and price, submit nothing")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo", help="run the pipeline on bundled documents against the bundled emulator"
+    )
+    demo.add_argument("--output", default=DEMO_OUTPUT, help=f"output root (default {DEMO_OUTPUT})")
+    demo.set_defaults(handler=_demo)
+
+    commands.add_parser("emulator", help="serve the Message Batches API emulator (see --help)")
+    return parser
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--template", default="{text}", help="user message, e.g. 'Summarize: {text}'")
+    parser.add_argument("--system", default=None, help="system prompt (sent with cache_control)")
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--poll-interval", type=float, default=10.0, help="first poll wait, s")
+    parser.add_argument("--max-poll-interval", type=float, default=300.0)
+    parser.add_argument("--max-cost-usd", type=float, default=None)
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--shard-size", type=int, default=10_000)
+    parser.add_argument(
+        "--credentials-block", default=None, help="saved AnthropicCredentials block name"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from batchline.config import ConfigError
+    from flows.pipeline import batch_pipeline
+
+    try:
+        result = batch_pipeline(
+            source=args.source,
+            output=args.output,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            template=args.template,
+            system=args.system,
+            max_attempts=args.max_attempts,
+            poll_interval=args.poll_interval,
+            max_poll_interval=args.max_poll_interval,
+            max_cost_usd=args.max_cost_usd,
+            dry_run=args.dry_run,
+            id_column=args.id_column,
+            text_column=args.text_column,
+            shard_size=args.shard_size,
+            credentials_block=args.credentials_block,
+        )
+    except (ConfigError, ValidationError) as exc:
+        console.print(f"[bold red]batchline: {exc}[/]")
+        return 2
+    _print_result(result)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from batchline.emulator import Emulator, EmulatorConfig
+
+    # Faults on, so the demo shows retries of overloaded and expired requests at work.
+    config = EmulatorConfig(
+        processing_seconds=1.0, seed=11, error_rates={"overloaded_error": 0.1}, expire_rate=0.05
+    )
+    with Emulator(config) as emulator, tempfile.TemporaryDirectory() as scratch:
+        # The demo never talks to the real API: the emulator's URL and a throwaway key are set
+        # for this process only.
+        os.environ["ANTHROPIC_BASE_URL"] = emulator.base_url
+        os.environ["ANTHROPIC_API_KEY"] = "demo-key-for-the-local-emulator"
+        os.environ.setdefault("PREFECT_HOME", os.path.join(scratch, "prefect"))
+        console.print(f"emulator at {emulator.base_url}; documents: {demo_documents()}")
+        return _run(
+            _parser().parse_args(
+                [
+                    "run",
+                    demo_documents(),
+                    "--output",
+                    args.output,
+                    "--template",
+                    "Summarize in one sentence: {text}",
+                    "--system",
+                    "You are a concise analyst.",
+                    "--poll-interval",
+                    "0.5",
+                    "--max-poll-interval",
+                    "2",
+                ]
+            )
+        )
+
+
+def demo_documents() -> str:
+    """The folder of documents shipped for the demo."""
+    return str(resources.files("batchline").joinpath("data/demo"))
+
+
+def _print_result(result: RunSummary | BuildSummary) -> None:
+    from batchline.write import RunSummary
+
+    table = Table(title="batchline summary")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    if not isinstance(result, RunSummary):
+        table.add_row("requests (dry run, nothing submitted)", str(result.requests))
+        table.add_row("invalid documents", str(result.invalid))
+        table.add_row("request bytes", f"{result.request_bytes:,}")
+        table.add_row("estimated input tokens", f"{result.estimated_input_tokens:,}")
+        table.add_row("worst-case cost at batch prices", _usd(result.worst_case_cost_usd))
+        console.print(table)
+        return
+    for status, rows in sorted(result.by_status.items()):
+        table.add_row(f"rows {status}", str(rows))
+    for name, tokens in sorted(result.tokens.items()):
+        table.add_row(name, f"{tokens:,}")
+    table.add_row("batches", str(result.batches))
+    table.add_row("cost at batch prices", _usd(result.cost_usd))
+    table.add_row("cost at standard prices", _usd(result.standard_cost_usd))
+    console.print(table)
+    console.print(f"results: {result.output}  (pandas.read_parquet({result.output!r}))")
+
+
+def _usd(value: float | None) -> str:
+    return "unknown (no price)" if value is None else f"${value:,.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

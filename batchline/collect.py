@@ -1,0 +1,147 @@
+"""Download a batch's results into one Parquet file keyed by batch id, in bounded memory.
+
+Results are streamed as raw JSONL through the SDK's streaming response (so auth, base URL and
+retries stay the SDK's) and parsed with orjson, rather than building a pydantic object per line.
+Re-collecting a batch rewrites the same file, so a rerun never appends duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from batchline import schemas
+from batchline.storage import OutputLayout
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_GROUP = 10_000
+MAX_DOWNLOAD_ATTEMPTS = 5
+
+
+class CollectError(RuntimeError):
+    """A batch's results do not match the requests the ledger says it holds."""
+
+
+class CollectedBatch(BaseModel):
+    batch_id: str
+    rows: int
+    by_status: dict[str, int]
+
+
+def parse_result_line(line: bytes | str, batch_id: str) -> dict[str, Any]:
+    """One results JSONL line as a row of ``schemas.COLLECTED``."""
+    record = orjson.loads(line)
+    result = record["result"]
+    row: dict[str, Any] = {
+        "custom_id": record["custom_id"],
+        "batch_id": batch_id,
+        "status": result["type"],
+    }
+    match result["type"]:
+        case "succeeded":
+            message = result["message"]
+            content = message.get("content") or []
+            tool_uses = [
+                {"id": b.get("id"), "name": b.get("name"), "input": b.get("input")}
+                for b in content
+                if b.get("type") == "tool_use"
+            ]
+            usage = message.get("usage") or {}
+            row |= {
+                "text": "".join(b.get("text", "") for b in content if b.get("type") == "text"),
+                "tool_use_json": orjson.dumps(tool_uses).decode() if tool_uses else None,
+                "model": message.get("model"),
+                "stop_reason": message.get("stop_reason"),
+                "input_tokens": usage.get("input_tokens"),
+                "output_tokens": usage.get("output_tokens"),
+                "cache_creation_input_tokens": usage.get("cache_creation_input_tokens") or 0,
+                "cache_read_input_tokens": usage.get("cache_read_input_tokens") or 0,
+            }
+        case "errored":
+            error = (result.get("error") or {}).get("error") or {}
+            row |= {"error_type": error.get("type"), "error_message": error.get("message")}
+        case "canceled" | "expired":
+            pass
+        case other:
+            raise CollectError(f"batch {batch_id}: unknown result type {other!r}")
+    return row
+
+
+def iter_result_lines(client: anthropic.Anthropic, batch_id: str) -> Iterator[bytes]:
+    """The raw JSONL lines of an ended batch's results, streamed."""
+    with client.messages.batches.with_streaming_response.results(batch_id) as response:
+        pending = b""
+        for chunk in response.iter_bytes(1 << 20):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            yield from (line for line in lines if line.strip())
+        if pending.strip():
+            yield pending
+
+
+def collect_batch(
+    client: anthropic.Anthropic,
+    layout: OutputLayout,
+    batch_id: str,
+    expected_custom_ids: set[str],
+    sleep: Callable[[float], None] = time.sleep,
+) -> CollectedBatch:
+    """Write ``collected/<batch_id>.parquet`` unless it is there already; summarise it."""
+    name = f"{batch_id}.parquet"
+    if not layout.exists("collected", name):
+        for attempt in range(1, MAX_DOWNLOAD_ATTEMPTS + 1):
+            try:
+                _download(client, layout, batch_id, name, expected_custom_ids)
+                break
+            except (anthropic.APIConnectionError, anthropic.InternalServerError) as exc:
+                # A stream cut midway: the partial file was discarded, start the download over.
+                if attempt == MAX_DOWNLOAD_ATTEMPTS:
+                    raise
+                log.warning("results of %s broke off (%s); downloading again", batch_id, exc)
+                sleep(min(2.0**attempt, 30.0))
+    statuses = layout.read_table("collected", name, columns=["status"]).column("status")
+    by_status = Counter(statuses.to_pylist())
+    return CollectedBatch(batch_id=batch_id, rows=sum(by_status.values()), by_status=by_status)
+
+
+def _download(
+    client: anthropic.Anthropic,
+    layout: OutputLayout,
+    batch_id: str,
+    name: str,
+    expected: set[str],
+) -> None:
+    seen: set[str] = set()
+    with (
+        layout.atomic_open("collected", name) as handle,
+        pq.ParquetWriter(handle, schemas.COLLECTED, compression="zstd") as writer,
+    ):
+        rows: list[dict[str, Any]] = []
+        for line in iter_result_lines(client, batch_id):
+            row = parse_result_line(line, batch_id)
+            if row["custom_id"] not in expected or row["custom_id"] in seen:
+                raise CollectError(
+                    f"batch {batch_id} returned custom_id {row['custom_id']!r}, which the ledger "
+                    "does not list for it (or twice): was the wrong batch adopted?"
+                )
+            seen.add(row["custom_id"])
+            rows.append(row)
+            if len(rows) >= ROWS_PER_GROUP:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schemas.COLLECTED))
+                rows = []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schemas.COLLECTED))
+        if seen != expected:
+            raise CollectError(
+                f"batch {batch_id} returned {len(seen)} results for {len(expected)} requests"
+            )

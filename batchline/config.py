@@ -1,0 +1,100 @@
+"""Typed, bounded settings for one pipeline run.
+
+Secrets never live here: the API key comes from the environment or a credentials block, so a
+JobConfig can be logged, hashed into cache keys and stored as a Prefect parameter safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The Message Batches API's own limits (anthropic/types/messages/batch_create_params.py docs).
+MAX_REQUESTS_PER_BATCH = 100_000
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+DEFAULT_MODEL = "claude-haiku-4-5"
+
+
+class ConfigError(ValueError):
+    """A setting or an input location is unusable; raised before anything is spent."""
+
+
+class SourceOptions(BaseModel):
+    """How documents are read from the source."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id_column: str = Field("id", description="Column holding the document id in tabular sources.")
+    text_column: str = Field("text", description="Column holding the document text.")
+    max_document_bytes: int = Field(
+        2_000_000,
+        ge=1,
+        le=MAX_BATCH_BYTES // 2,
+        description="Documents larger than this become invalid rows instead of requests.",
+    )
+    shard_size: int = Field(
+        10_000,
+        ge=1,
+        le=MAX_REQUESTS_PER_BATCH,
+        description="Documents per shard; bounds the memory of load and build.",
+    )
+
+
+class JobConfig(BaseModel):
+    """What to ask the model for each document, and how hard to try."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, min_length=1, description="Anthropic model id.")
+    max_tokens: int = Field(1024, ge=1, le=128_000, description="max_tokens of every request.")
+    template: str = Field(
+        "{text}", min_length=1, description="Format string over the document: the user message."
+    )
+    system: str | None = Field(
+        None, description="System prompt, sent with cache_control so it is cached across requests."
+    )
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Submissions per request, counting the first one."
+    )
+    poll_interval: float = Field(
+        10.0, gt=0, le=3600, description="First wait between status polls, in seconds."
+    )
+    max_poll_interval: float = Field(
+        300.0, gt=0, le=3600, description="Cap of the polling backoff, in seconds."
+    )
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="Refuse to submit when the worst-case estimate exceeds this."
+    )
+    max_requests_per_batch: int = Field(MAX_REQUESTS_PER_BATCH, ge=1, le=MAX_REQUESTS_PER_BATCH)
+    max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, le=MAX_BATCH_BYTES)
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, value: str) -> str:
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"template {value!r} is not a valid format string: {exc}") from exc
+        if any(name == "" or name.isdigit() for name in fields):
+            raise ValueError(f"template {value!r} must name its fields, like {{text}}")
+        return value
+
+    def template_fields(self) -> set[str]:
+        """The document fields the template refers to."""
+        return {
+            name.split(".")[0].split("[")[0]
+            for _, name, _, _ in string.Formatter().parse(self.template)
+            if name
+        }
+
+    def request_fingerprint(self) -> str:
+        """Hash of everything that shapes a request's params (not polling or budget)."""
+        relevant = self.model_dump(
+            include={"model", "max_tokens", "template", "system", "temperature"}
+        )
+        return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()

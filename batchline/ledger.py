@@ -1,0 +1,134 @@
+"""The submission ledger: the record of every paid batch, written around each create call.
+
+An entry is written (with the custom_ids it holds) *before* the create call and gets its batch id
+right after. A run that dies in between leaves an entry without a batch id, which tells the next
+run to look for the batch the call may have made instead of paying for it again. Everything the
+pipeline knows about a request's attempts is derived from this ledger and the collected results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from batchline import schemas
+from batchline.storage import OutputLayout
+
+
+class LedgerEntry(BaseModel):
+    """One intended or created batch."""
+
+    key: str = Field(description="Sortable name: intents list in the order they were made.")
+    request_count: int = Field(ge=1)
+    request_bytes: int = Field(ge=0)
+    intent_at: datetime
+    batch_id: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    adopted: bool = Field(False, description="Found after an ambiguous create, not returned by it.")
+
+
+@dataclass
+class RequestState:
+    """What the ledger and the collected results say about one custom_id."""
+
+    params_hash: str
+    attempts: int
+    batch_id: str | None
+    status: str | None = None  # None until the latest batch's results are collected
+    error_type: str | None = None
+
+
+class Ledger:
+    def __init__(self, layout: OutputLayout) -> None:
+        self.layout = layout
+
+    def entries(self) -> list[LedgerEntry]:
+        """All entries, oldest intent first."""
+        return [
+            LedgerEntry.model_validate(self.layout.read_json("ledger", name))
+            for name in self.layout.names("ledger", ".json")
+        ]
+
+    def record_intent(self, requests: pa.Table) -> LedgerEntry:
+        """Persist the intent to submit ``requests`` (custom_id, params_hash, request_bytes)."""
+        now = datetime.now(UTC)
+        digest = hashlib.sha256()
+        for cid, ph in zip(
+            requests.column("custom_id").to_pylist(),
+            requests.column("params_hash").to_pylist(),
+            strict=True,
+        ):
+            digest.update(f"{cid}\0{ph}\n".encode())
+        entry = LedgerEntry(
+            key=f"{now:%Y%m%dT%H%M%S%f}-{digest.hexdigest()[:12]}",
+            request_count=requests.num_rows,
+            request_bytes=int(pc.sum(requests.column("request_bytes")).as_py() or 0),
+            intent_at=now,
+        )
+        # The id list first, the entry last: an entry on disk always has its ids.
+        ids = requests.select(["custom_id", "params_hash"]).cast(schemas.LEDGER_REQUESTS)
+        self.layout.write_table("ledger", f"{entry.key}.parquet", ids)
+        self.layout.write_json("ledger", f"{entry.key}.json", entry.model_dump(mode="json"))
+        return entry
+
+    def record_batch(
+        self,
+        entry: LedgerEntry,
+        batch_id: str,
+        created_at: datetime,
+        expires_at: datetime,
+        adopted: bool,
+    ) -> LedgerEntry:
+        done = entry.model_copy(
+            update={
+                "batch_id": batch_id,
+                "created_at": created_at,
+                "expires_at": expires_at,
+                "adopted": adopted,
+            }
+        )
+        self.layout.write_json("ledger", f"{entry.key}.json", done.model_dump(mode="json"))
+        return done
+
+    def request_ids(self, entry: LedgerEntry) -> pa.Table:
+        return self.layout.read_table("ledger", f"{entry.key}.parquet")
+
+    def request_states(self) -> dict[str, RequestState]:
+        """Attempts and latest outcome of every custom_id the ledger has seen.
+
+        A custom_id whose params changed (a new template, say) starts again at zero attempts:
+        the old results answered a different request.
+        """
+        states: dict[str, RequestState] = {}
+        for entry in self.entries():
+            if entry.batch_id is None:
+                continue
+            ids = self.request_ids(entry)
+            for cid, ph in zip(
+                ids.column("custom_id").to_pylist(),
+                ids.column("params_hash").to_pylist(),
+                strict=True,
+            ):
+                old = states.get(cid)
+                attempts = old.attempts + 1 if old and old.params_hash == ph else 1
+                states[cid] = RequestState(ph, attempts, entry.batch_id)
+            if self.layout.exists("collected", f"{entry.batch_id}.parquet"):
+                outcome = self.layout.read_table(
+                    "collected",
+                    f"{entry.batch_id}.parquet",
+                    columns=["custom_id", "status", "error_type"],
+                )
+                for cid, status, error_type in zip(
+                    *(outcome.column(c).to_pylist() for c in ("custom_id", "status", "error_type")),
+                    strict=True,
+                ):
+                    state = states.get(cid)
+                    if state is not None and state.batch_id == entry.batch_id:
+                        state.status, state.error_type = status, error_type
+        return states

@@ -1,0 +1,257 @@
+"""Load documents from a folder or a tabular file, local or on S3, in bounded shards.
+
+A bad document (empty, binary, not UTF-8, too large, without an id, a duplicate id) becomes a
+document with an ``invalid_reason`` instead of an exception: one bad document never sinks a run.
+A problem with a whole file (a CSV without the text column) is a ``ConfigError``, raised before
+anything is submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from batchline import schemas
+from batchline.config import ConfigError, SourceOptions
+from batchline.storage import OutputLayout, filesystem, part_name, remove_parts_from
+
+TEXT_SUFFIXES = (".txt", ".md")
+TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document as read; ``invalid_reason`` set means it will not become a request."""
+
+    doc_id: str
+    text: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+    invalid_reason: str | None = None
+
+
+def list_source_files(source: str) -> list[tuple[str, str]]:
+    """(path, relative name) of every readable file of a source, in a stable order."""
+    fs, root = filesystem(source)
+    if not fs.exists(root):
+        raise ConfigError(f"source {source!r} does not exist")
+    if not fs.isdir(root):
+        if not root.endswith(TEXT_SUFFIXES + TABLE_SUFFIXES):
+            raise ConfigError(
+                f"source {source!r} is not a folder nor a {'/'.join(TABLE_SUFFIXES)} file"
+            )
+        return [(root, root.rsplit("/", 1)[-1])]
+    root = root.rstrip("/")
+    paths = sorted(
+        p
+        for p in fs.find(root)
+        if p.endswith(TEXT_SUFFIXES + TABLE_SUFFIXES) and not p.rsplit("/", 1)[-1].startswith(".")
+    )
+    return [(p, p[len(root) + 1 :]) for p in paths]
+
+
+def source_fingerprint(source: str, options: SourceOptions) -> str:
+    """A hash that changes when any source file or reading option changes (cache key input)."""
+    fs, _ = filesystem(source)
+    digest = hashlib.sha256(options.model_dump_json().encode())
+    for path, rel in list_source_files(source):
+        info = fs.info(path)
+        marker = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        digest.update(f"{rel}\0{info.get('size')}\0{marker}\n".encode())
+    return digest.hexdigest()
+
+
+def iter_shards(source: str, options: SourceOptions) -> Iterator[list[Document]]:
+    """Documents of a source in shards of ``options.shard_size``, duplicates marked invalid."""
+    seen: set[str] = set()
+    shard: list[Document] = []
+    for doc in _iter_documents(source, options):
+        if doc.invalid_reason is None:
+            if doc.doc_id in seen:
+                doc = Document(doc.doc_id, None, invalid_reason="duplicate doc_id")
+            else:
+                seen.add(doc.doc_id)
+        shard.append(doc)
+        if len(shard) >= options.shard_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
+    fs, _ = filesystem(source)
+    for path, rel in list_source_files(source):
+        if path.endswith(TEXT_SUFFIXES):
+            with fs.open(path, "rb") as handle:
+                raw = handle.read(options.max_document_bytes + 1)
+            yield _text_document(rel.rsplit(".", 1)[0], raw, options)
+        else:
+            yield from _iter_table_rows(fs, path, rel, options)
+
+
+def _text_document(doc_id: str, raw: bytes, options: SourceOptions) -> Document:
+    if len(raw) > options.max_document_bytes:
+        return Document(
+            doc_id,
+            None,
+            invalid_reason=f"over the size limit of {options.max_document_bytes} bytes",
+        )
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        return Document(doc_id, None, invalid_reason=f"binary content (NUL byte at offset {nul})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Document(
+            doc_id,
+            None,
+            invalid_reason=f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+        )
+    return _checked(doc_id, text, {}, options)
+
+
+def _checked(doc_id: str, text: str, fields: dict[str, str], options: SourceOptions) -> Document:
+    if not text.strip():
+        return Document(doc_id, None, fields, invalid_reason="empty document")
+    size = len(text.encode("utf-8"))
+    if size > options.max_document_bytes:
+        return Document(
+            doc_id,
+            None,
+            fields,
+            invalid_reason=f"{size} bytes, over the limit of {options.max_document_bytes} bytes",
+        )
+    return Document(doc_id, text, fields)
+
+
+def _iter_table_rows(fs: Any, path: str, rel: str, options: SourceOptions) -> Iterator[Document]:
+    for number, row in enumerate(_iter_raw_rows(fs, path, rel, options), start=1):
+        if isinstance(row, str):  # a line that did not parse
+            yield Document(f"{rel}#{number}", None, invalid_reason=row)
+            continue
+        raw_id = row.get(options.id_column)
+        if raw_id is None or str(raw_id).strip() == "":
+            yield Document(
+                f"{rel}#{number}",
+                None,
+                invalid_reason=f"no value in id column {options.id_column!r}",
+            )
+            continue
+        doc_id = str(raw_id)
+        text = row.get(options.text_column)
+        fields = {
+            str(k): _as_text(v)
+            for k, v in row.items()
+            if k not in (options.text_column,) and v is not None
+        }
+        if not isinstance(text, str):
+            reason = (
+                f"no value in text column {options.text_column!r}"
+                if text is None
+                else f"text column {options.text_column!r} holds {type(text).__name__}, not text"
+            )
+            yield Document(doc_id, None, fields, invalid_reason=reason)
+            continue
+        yield _checked(doc_id, text, fields, options)
+
+
+def _iter_raw_rows(
+    fs: Any, path: str, rel: str, options: SourceOptions
+) -> Iterator[dict[str, Any] | str]:
+    """Rows of a tabular file as dicts; a JSONL line that does not parse comes as its error."""
+    if path.endswith(".jsonl"):
+        with fs.open(path, "rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    yield f"line is not valid JSON: {exc}"
+                    continue
+                yield value if isinstance(value, dict) else "line is not a JSON object"
+        return
+    if path.endswith(".csv"):
+        with fs.open(path, "rb") as handle:
+            chunks = pd.read_csv(
+                handle, dtype=str, keep_default_na=False, chunksize=options.shard_size
+            )
+            for chunk in chunks:
+                _require_columns(rel, list(chunk.columns), options)
+                yield from _records(chunk.to_dict(orient="records"))
+        return
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        _require_columns(rel, parquet.schema_arrow.names, options)
+        for batch in parquet.iter_batches(batch_size=options.shard_size):
+            yield from _records(batch.to_pylist())
+
+
+def _records(rows: Iterable[dict[Any, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield {str(k): v for k, v in row.items()}
+
+
+def _require_columns(rel: str, columns: list[str], options: SourceOptions) -> None:
+    missing = [c for c in (options.id_column, options.text_column) if c not in columns]
+    if missing:
+        raise ConfigError(
+            f"{rel}: no column {', '.join(repr(c) for c in missing)} (columns: "
+            f"{', '.join(columns) or 'none'}); set --id-column/--text-column to the right names"
+        )
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+
+class LoadSummary(BaseModel):
+    fingerprint: str
+    shards: int
+    documents: int
+    invalid: int
+
+
+def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -> LoadSummary:
+    """Read the source once into ``documents/part-NNNNN.parquet``; later steps read only those.
+
+    Parts from an earlier, larger run of the same output are removed so they cannot resurface.
+    """
+    fingerprint = source_fingerprint(source, options)
+    shards = documents = invalid = 0
+    for shard in iter_shards(source, options):
+        rows = [
+            {
+                "doc_id": d.doc_id,
+                "text": d.text,
+                "fields_json": orjson.dumps(d.fields).decode() if d.fields else None,
+                "invalid_reason": d.invalid_reason,
+            }
+            for d in shard
+        ]
+        layout.write_table("documents", part_name(shards), schemas.table(rows, schemas.DOCUMENTS))
+        shards += 1
+        documents += len(shard)
+        invalid += sum(d.invalid_reason is not None for d in shard)
+    remove_parts_from(layout, "documents", shards)
+    return LoadSummary(fingerprint=fingerprint, shards=shards, documents=documents, invalid=invalid)
+
+
+def read_staged(layout: OutputLayout, name: str) -> list[Document]:
+    """The documents of one staged part."""
+    return [
+        Document(
+            row["doc_id"],
+            row["text"],
+            orjson.loads(row["fields_json"]) if row["fields_json"] else {},
+            row["invalid_reason"],
+        )
+        for row in layout.read_table("documents", name).to_pylist()
+    ]

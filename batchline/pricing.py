@@ -1,0 +1,61 @@
+"""Cost of usage at batch and standard prices, from the price table in ``data/prices.json``."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+from pydantic import BaseModel, Field
+
+DEFAULT_CONTEXT_TOKENS = 200_000
+
+
+class ModelPrice(BaseModel):
+    input: float = Field(ge=0, description="USD per million input tokens, standard API.")
+    output: float = Field(ge=0, description="USD per million output tokens, standard API.")
+    context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, ge=1)
+
+
+class PriceTable(BaseModel):
+    batch_discount: float = Field(gt=0, le=1)
+    cache_write_multiplier: float = Field(ge=0)
+    cache_read_multiplier: float = Field(ge=0)
+    models: dict[str, ModelPrice]
+
+    def for_model(self, model: str) -> ModelPrice | None:
+        """Exact id, else the longest listed id prefixing it (dated snapshots); None if unknown."""
+        if model in self.models:
+            return self.models[model]
+        prefixes = [m for m in self.models if model.startswith(m + "-")]
+        return self.models[max(prefixes, key=len)] if prefixes else None
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@lru_cache(maxsize=1)
+def price_table() -> PriceTable:
+    """The packaged price table."""
+    raw = resources.files("batchline").joinpath("data/prices.json").read_text("utf-8")
+    data = {k: v for k, v in json.loads(raw).items() if not k.startswith("_")}
+    return PriceTable.model_validate(data)
+
+
+def cost_usd(model: str, usage: Usage, *, batch: bool = True) -> float | None:
+    """What ``usage`` costs, or None when the model has no price (the caller warns)."""
+    table = price_table()
+    price = table.for_model(model)
+    if price is None:
+        return None
+    input_cost = price.input * (
+        usage.input_tokens
+        + usage.cache_creation_input_tokens * table.cache_write_multiplier
+        + usage.cache_read_input_tokens * table.cache_read_multiplier
+    )
+    total = (input_cost + price.output * usage.output_tokens) / 1_000_000
+    return total * table.batch_discount if batch else total

@@ -1,0 +1,32 @@
+"""The one place that decides whether a request is worth submitting (again)."""
+
+from __future__ import annotations
+
+from batchline.ledger import RequestState
+
+# Error types of an errored result that a later attempt can cure. invalid_request_error (and any
+# type not listed, such as authentication or permission errors) would fail the same way again.
+RETRYABLE_ERROR_TYPES = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+)
+
+
+def is_retryable(status: str | None, error_type: str | None) -> bool:
+    """Whether a request that ended with this outcome can succeed if submitted again."""
+    match status:
+        case "expired":
+            return True
+        case "errored":
+            return error_type in RETRYABLE_ERROR_TYPES
+        case "succeeded" | "canceled" | "invalid" | None:
+            # canceled: someone stopped the batch on purpose; None: still in flight.
+            return False
+        case _:
+            raise ValueError(f"unknown result status {status!r}")
+
+
+def needs_submission(state: RequestState | None, params_hash: str, max_attempts: int) -> bool:
+    """Whether a manifest request should go into the next batch."""
+    if state is None or state.params_hash != params_hash:
+        return True
+    return state.attempts < max_attempts and is_retryable(state.status, state.error_type)

@@ -1,0 +1,124 @@
+"""Local and S3 paths behind one interface, and the layout of everything a run writes.
+
+Every path under the output root is built by ``OutputLayout.path`` so a newcomer can see the whole
+tree in one place, and so part files are named by stable keys: a rerun overwrites its own files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Literal
+
+import fsspec
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+Area = Literal["documents", "invalid", "manifest", "ledger", "collected", "results", "prefect"]
+
+
+def filesystem_options(url: str) -> dict[str, Any]:
+    """fsspec options for a URL; S3 credentials and endpoint come from the environment only."""
+    if url.startswith("s3://"):
+        # botocore reads AWS_ENDPOINT_URL itself in recent versions; passing it explicitly keeps
+        # older s3fs/botocore pairs pointed at the same endpoint (moto, MinIO, a VPC endpoint).
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return {}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem serving ``url`` and the path within it."""
+    fs, path = fsspec.core.url_to_fs(url, **filesystem_options(url))
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL or path segments with '/', the separator both local paths and S3 accept."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class OutputLayout:
+    """Where every file of a run lives under its output root (local folder or s3:// prefix)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self.fs, self._root_path = filesystem(self.root)
+
+    def path(self, area: Area, name: str = "") -> str:
+        """Filesystem path (no scheme) of ``name`` in ``area``; the area folder when name is ''."""
+        return join(self._root_path, area, name) if name else join(self._root_path, area)
+
+    def url(self, area: Area, name: str = "") -> str:
+        """Same as ``path`` but with the scheme, for users, logs and pandas."""
+        return join(self.root, area, name) if name else join(self.root, area)
+
+    def exists(self, area: Area, name: str) -> bool:
+        return bool(self.fs.exists(self.path(area, name)))
+
+    def names(self, area: Area, suffix: str = "") -> list[str]:
+        """Names (not paths) of the files in an area, sorted, optionally filtered by suffix."""
+        folder = self.path(area)
+        if not self.fs.exists(folder):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+    @contextmanager
+    def atomic_open(self, area: Area, name: str) -> Iterator[IO[bytes]]:
+        """Write a file so readers see the old content or the whole new one, never a part.
+
+        Locally we write a temporary sibling and rename it. An S3 put is atomic, but a remote
+        file object uploads what it has when closed, even after an error; so we spool to a local
+        temporary file and upload it only once it is whole.
+        """
+        target = self.path(area, name)
+        local = isinstance(self.fs, LocalFileSystem)
+        if local:
+            self.fs.makedirs(self.path(area), exist_ok=True)
+        folder = self.path(area) if local else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            if local:
+                os.replace(tmp, target)
+            else:
+                self.fs.put_file(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def write_json(self, area: Area, name: str, value: Any) -> None:
+        with self.atomic_open(area, name) as handle:
+            handle.write(orjson.dumps(value, option=orjson.OPT_INDENT_2))
+
+    def read_json(self, area: Area, name: str) -> Any:
+        with self.fs.open(self.path(area, name), "rb") as handle:
+            return orjson.loads(handle.read())
+
+    def write_table(self, area: Area, name: str, table: pa.Table) -> None:
+        with self.atomic_open(area, name) as handle:
+            pq.write_table(table, handle, compression="zstd")
+
+    def read_table(self, area: Area, name: str, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(self.path(area, name), "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+
+
+def part_name(index: int) -> str:
+    """The file name of shard ``index``'s part, the same on every run."""
+    return f"part-{index:05d}.parquet"
+
+
+def remove_parts_from(layout: OutputLayout, area: Area, first_stale: int) -> None:
+    """Delete shard parts numbered ``first_stale`` and up, left by an earlier, larger run."""
+    for name in layout.names(area, ".parquet"):
+        if name.startswith("part-") and int(name[5:10]) >= first_stale:
+            layout.fs.rm(layout.path(area, name))

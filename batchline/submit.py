@@ -1,0 +1,197 @@
+"""Submit pending requests as batches, two-phase, so that no request is ever paid for twice.
+
+The SDK retries a failed POST on its own, and a create whose response was lost has already made a
+paid batch; the API has no idempotency key. So create runs with the SDK's retries off, every
+create is preceded by a ledger intent, and after an ambiguous failure we look for the batch the
+call may have made (created after the intent, same request count, not in our ledger) and adopt it
+instead of creating another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import anthropic
+import orjson
+import pyarrow as pa
+from anthropic.types.messages import MessageBatch
+
+from batchline.build import split_batches
+from batchline.config import JobConfig
+from batchline.ledger import Ledger, LedgerEntry, RequestState
+from batchline.retry import needs_submission
+from batchline.storage import OutputLayout
+
+log = logging.getLogger(__name__)
+
+# Our clock and the API's may disagree; a batch created this long before our intent still counts.
+ADOPTION_CLOCK_SKEW = timedelta(minutes=5)
+MAX_CREATE_ATTEMPTS = 8
+# Statuses after which the batch may or may not exist: the server may have acted before failing.
+_AMBIGUOUS_STATUSES = frozenset({408, 409})
+
+
+class SubmitError(RuntimeError):
+    """A batch could not be submitted; nothing was paid for the requests it names."""
+
+
+def submit_pending(
+    client: anthropic.Anthropic,
+    layout: OutputLayout,
+    job: JobConfig,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[LedgerEntry]:
+    """Submit every manifest request that needs a (further) attempt; return the new entries."""
+    ledger = Ledger(layout)
+    entries = ledger.entries()
+    known = {e.batch_id for e in entries if e.batch_id}
+    created: list[LedgerEntry] = []
+    for entry in entries:
+        if entry.batch_id is None:
+            # A run died between intent and answer: the batch may exist.
+            batch = find_adoptable(client, entry, known)
+            if batch is None:
+                log.warning("intent %s made no batch; its requests are pending again", entry.key)
+                layout.fs.rm(layout.path("ledger", f"{entry.key}.json"))
+                continue
+            log.warning("adopted batch %s for interrupted intent %s", batch.id, entry.key)
+            created.append(_record(ledger, entry, batch, adopted=True))
+            known.add(batch.id)
+    states = ledger.request_states()
+    for chunk in _pending_chunks(layout, job, states):
+        entry = ledger.record_intent(chunk)
+        batch, adopted = create_or_adopt(client, entry, _requests(chunk), known, sleep)
+        known.add(batch.id)
+        created.append(_record(ledger, entry, batch, adopted))
+        log.info(
+            "submitted batch %s with %d requests%s",
+            batch.id,
+            entry.request_count,
+            " (adopted after a lost response)" if adopted else "",
+        )
+    return created
+
+
+def create_or_adopt(
+    client: anthropic.Anthropic,
+    entry: LedgerEntry,
+    requests: list[dict[str, Any]],
+    known_batch_ids: set[str],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[MessageBatch, bool]:
+    """Create the batch of a ledger intent; after an ambiguous failure adopt what it made."""
+    creator = client.with_options(max_retries=0)
+    delay = 1.0
+    last_error: Exception | None = None
+    for _ in range(MAX_CREATE_ATTEMPTS):
+        try:
+            return creator.messages.batches.create(requests=requests), False  # type: ignore[arg-type]
+        except anthropic.RateLimitError as exc:  # refused before anything was made
+            last_error = exc
+            delay = _retry_after(exc) or delay
+        except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
+            if isinstance(exc, anthropic.APIStatusError) and not _ambiguous(exc.status_code):
+                raise SubmitError(
+                    f"the API refused batch intent {entry.key} ({entry.request_count} requests): "
+                    f"{exc.status_code} {exc.message}"
+                ) from exc
+            last_error = exc
+            batch = find_adoptable(client, entry, known_batch_ids)
+            if batch is not None:
+                return batch, True
+        sleep(delay)
+        delay = min(delay * 2, 60.0)
+    raise SubmitError(
+        f"could not create the batch of intent {entry.key} after {MAX_CREATE_ATTEMPTS} tries: "
+        f"{last_error}"
+    )
+
+
+def find_adoptable(
+    client: anthropic.Anthropic, entry: LedgerEntry, known_batch_ids: set[str]
+) -> MessageBatch | None:
+    """The oldest batch created since the intent, of its size, that no ledger entry claims."""
+    since = entry.intent_at - ADOPTION_CLOCK_SKEW
+    candidates: list[MessageBatch] = []
+    for batch in client.messages.batches.list(limit=100):  # newest first
+        if batch.created_at < since:
+            break
+        counts = batch.request_counts
+        total = counts.processing + counts.succeeded + counts.errored + counts.canceled
+        if batch.id not in known_batch_ids and total + counts.expired == entry.request_count:
+            candidates.append(batch)
+    return candidates[-1] if candidates else None
+
+
+def _record(ledger: Ledger, entry: LedgerEntry, batch: MessageBatch, adopted: bool) -> LedgerEntry:
+    return ledger.record_batch(entry, batch.id, batch.created_at, batch.expires_at, adopted)
+
+
+def pending_parts(
+    layout: OutputLayout, job: JobConfig, states: dict[str, RequestState]
+) -> Iterator[pa.Table]:
+    """Each manifest part filtered to the requests that need a (further) attempt."""
+    columns = ["custom_id", "params_hash", "request_bytes", "params_json"]
+    for name in layout.names("manifest", ".parquet"):
+        part = layout.read_table("manifest", name, columns=columns)
+        keep = [
+            needs_submission(states.get(cid), ph, job.max_attempts)
+            for cid, ph in zip(
+                part.column("custom_id").to_pylist(),
+                part.column("params_hash").to_pylist(),
+                strict=True,
+            )
+        ]
+        yield part.filter(pa.array(keep, pa.bool_()))
+
+
+def count_pending(layout: OutputLayout, job: JobConfig) -> int:
+    """How many manifest requests the next submission would hold."""
+    states = Ledger(layout).request_states()
+    return sum(part.num_rows for part in pending_parts(layout, job, states))
+
+
+def _pending_chunks(
+    layout: OutputLayout, job: JobConfig, states: dict[str, RequestState]
+) -> Iterator[pa.Table]:
+    """Pending requests, streamed part by part and cut into batch-sized tables."""
+    carry: pa.Table | None = None
+    for part in pending_parts(layout, job, states):
+        table = pa.concat_tables([carry, part]) if carry is not None else part
+        ranges = split_batches(
+            table.column("request_bytes").to_pylist(),
+            job.max_requests_per_batch,
+            job.max_batch_bytes,
+        )
+        # Every range but the last is full; the last may still grow with the next part.
+        for full in ranges[:-1]:
+            yield table.slice(full.start, len(full))
+        carry = table.slice(ranges[-1].start) if ranges else None
+    if carry is not None and carry.num_rows:
+        yield carry
+
+
+def _requests(chunk: pa.Table) -> list[dict[str, Any]]:
+    return [
+        {"custom_id": cid, "params": orjson.loads(params)}
+        for cid, params in zip(
+            chunk.column("custom_id").to_pylist(),
+            chunk.column("params_json").to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def _ambiguous(status: int) -> bool:
+    return status >= 500 or status in _AMBIGUOUS_STATUSES
+
+
+def _retry_after(exc: anthropic.APIStatusError) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None

@@ -1,0 +1,32 @@
+"""A saved job definition (model, prompt, limits), reusable across deployments."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from batchline.config import DEFAULT_MODEL, JobConfig
+
+
+_JOB_FIELDS = {"model", "max_tokens", "template", "system", "max_attempts"}
+
+
+class BatchJob(Block):
+    """What to ask for each document; the pipeline's parameters override nothing stored here."""
+
+    _block_type_name = "Batchline Job"
+    _block_type_slug = "batchline-job"
+    _description = "Model, prompt template, system prompt and limits of a batchline pipeline."
+
+    model: str = Field(DEFAULT_MODEL, description="Anthropic model id.")
+    max_tokens: int = Field(1024, ge=1, description="max_tokens of every request.")
+    template: str = Field("{text}", description="Format string over the document fields.")
+    system: str | None = Field(None, description="System prompt (cached across requests).")
+    max_attempts: int = Field(3, ge=1, le=10, description="Submissions per request at most.")
+
+    def job_config(self, **overrides: object) -> JobConfig:
+        """A JobConfig from this block, with run-time settings such as polling added."""
+        fields = self.model_dump(
+            include={"model", "max_tokens", "template", "system", "max_attempts"}
+        )
+        return JobConfig.model_validate({**fields, **overrides})

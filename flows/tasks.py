@@ -1,0 +1,149 @@
+"""The pipeline's steps as Prefect tasks: a few lines each over the plain functions of batchline.
+
+Each cached task has an explicit business cache key over its real inputs. Prefect's default
+policy would include the task's source code (a redeploy during a 24-hour wait would then submit
+again), and INPUTS alone would collide across tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from batchline.build import BuildSummary, build_manifest
+from batchline.client import make_client
+from batchline.collect import CollectedBatch, collect_batch
+from batchline.config import JobConfig, SourceOptions
+from batchline.ledger import Ledger
+from batchline.load import LoadSummary, source_fingerprint, stage_documents
+from batchline.storage import OutputLayout
+from batchline.submit import submit_pending
+from batchline.wait import wait_for_batches
+from batchline.write import RunSummary, write_results
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
+
+
+def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("load", p["output"], source_fingerprint(p["source"], p["options"]))
+
+
+def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("build", p["output"], p["loaded"].fingerprint, p["job"].request_fingerprint())
+
+
+def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("submit", p["output"], p["built"].fingerprint, p["job"].max_attempts, p["attempt"])
+
+
+def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("collect", p["output"], *sorted(p["batch_ids"]))
+
+
+def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _key("write", p["output"], p["built"].fingerprint, *sorted(p["batch_ids"]))
+
+
+@task(name="load-documents", cache_key_fn=_load_key, persist_result=True)
+def load_documents(source: str, output: str, options: SourceOptions) -> LoadSummary:
+    summary = stage_documents(source, OutputLayout(output), options)
+    get_run_logger().info(
+        "loaded %d documents in %d shards (%d invalid)",
+        summary.documents,
+        summary.shards,
+        summary.invalid,
+    )
+    return summary
+
+
+@task(name="build-requests", cache_key_fn=_build_key, persist_result=True)
+def build_requests(output: str, job: JobConfig, loaded: LoadSummary) -> BuildSummary:
+    summary = build_manifest(OutputLayout(output), job, loaded.fingerprint)
+    get_run_logger().info(
+        "built %d requests (%.1f MB), %d invalid documents %s",
+        summary.requests,
+        summary.request_bytes / 1e6,
+        summary.invalid,
+        summary.invalid_reasons or "",
+    )
+    return summary
+
+
+@task(name="submit", cache_key_fn=_submit_key, persist_result=True)
+def submit(
+    output: str, job: JobConfig, built: BuildSummary, attempt: int, credentials: str | None
+) -> list[str]:
+    entries = submit_pending(client_for(credentials), OutputLayout(output), job)
+    get_run_logger().info("attempt %d: submitted %d batches", attempt, len(entries))
+    return [e.batch_id for e in entries if e.batch_id]
+
+
+@task(name="wait", cache_policy=NO_CACHE)
+def wait(output: str, job: JobConfig, credentials: str | None) -> list[str]:
+    """Wait for every batch the ledger has not collected yet; return their ids."""
+    layout = OutputLayout(output)
+    outstanding = [
+        e.batch_id
+        for e in Ledger(layout).entries()
+        if e.batch_id and not layout.exists("collected", f"{e.batch_id}.parquet")
+    ]
+    if not outstanding:
+        return []
+    logger = get_run_logger()
+    artifact = cast(
+        UUID, create_progress_artifact(0.0, description="Requests processed across batches")
+    )
+
+    def report(batches: dict[str, Any]) -> None:
+        counts = [b.request_counts for b in batches.values()]
+        total = sum(c.processing + c.succeeded + c.errored + c.canceled + c.expired for c in counts)
+        done = total - sum(c.processing for c in counts)
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+        for batch in batches.values():
+            logger.info("%s %s %s", batch.id, batch.processing_status, batch.request_counts)
+
+    wait_for_batches(
+        client_for(credentials), outstanding, job.poll_interval, job.max_poll_interval, report
+    )
+    return outstanding
+
+
+@task(name="collect", cache_key_fn=_collect_key, persist_result=True)
+def collect(output: str, batch_ids: list[str], credentials: str | None) -> list[CollectedBatch]:
+    layout = OutputLayout(output)
+    ledger = Ledger(layout)
+    expected = {e.batch_id: e for e in ledger.entries() if e.batch_id in batch_ids}
+    client = client_for(credentials)
+    collected = []
+    for batch_id in batch_ids:
+        ids = set(ledger.request_ids(expected[batch_id]).column("custom_id").to_pylist())
+        collected.append(collect_batch(client, layout, batch_id, ids))
+        get_run_logger().info("collected %s: %s", batch_id, collected[-1].by_status)
+    return collected
+
+
+@task(name="write-parquet", cache_key_fn=_write_key, persist_result=True)
+def write_parquet(output: str, built: BuildSummary, batch_ids: list[str]) -> RunSummary:
+    summary = write_results(OutputLayout(output))
+    get_run_logger().info(
+        "wrote %d rows to %s: %s", summary.rows, summary.output, summary.by_status
+    )
+    return summary
+
+
+def client_for(credentials: str | None) -> Any:
+    """The SDK client: from a saved AnthropicCredentials block, else from the environment."""
+    if credentials:
+        from blocks.credentials import AnthropicCredentials
+
+        block = AnthropicCredentials.load(credentials)
+        return block.get_client()  # type: ignore[union-attr]
+    return make_client()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batchline.config import ConfigError, SourceOptions
+from batchline.load import iter_shards, source_fingerprint
+
+
+def _docs(source: Path, **options: int) -> dict[str, tuple[str | None, str | None]]:
+    shards = list(iter_shards(str(source), SourceOptions(**options)))
+    return {d.doc_id: (d.text, d.invalid_reason) for shard in shards for d in shard}
+
+
+def test_folder_of_text_files_with_bad_documents_becomes_invalid_rows(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "sub" / "b.md").write_text("beta")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "binary.txt").write_bytes(b"ab\x00cd")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "big.txt").write_text("x" * 101)
+    (tmp_path / "ignored.bin").write_bytes(b"\x00")
+    docs = _docs(tmp_path, max_document_bytes=100)
+    assert docs["a"] == ("alpha", None)
+    assert docs["sub/b"] == ("beta", None)
+    assert docs["empty"] == (None, "empty document")
+    assert docs["binary"] == (None, "binary content (NUL byte at offset 2)")
+    assert docs["latin1"] == (None, "not valid UTF-8 (byte 0xe9 at offset 3)")
+    assert docs["big"] == (None, "over the size limit of 100 bytes")
+    assert "ignored" not in docs
+
+
+def test_jsonl_rows_bad_lines_and_duplicate_ids(tmp_path: Path) -> None:
+    source = tmp_path / "docs.jsonl"
+    source.write_text(
+        '{"id": "1", "text": "one", "lang": "en"}\n'
+        "not json\n"
+        '{"id": "1", "text": "again"}\n'
+        '{"text": "no id"}\n'
+        '{"id": 2, "text": 5}\n'
+    )
+    shards = list(iter_shards(str(source), SourceOptions(shard_size=2)))
+    assert [len(s) for s in shards] == [2, 2, 1]
+    docs = {d.doc_id: d for s in shards for d in s if d.doc_id != "1" or d.text}
+    assert docs["1"].fields == {"id": "1", "lang": "en"}
+    reasons = [d.invalid_reason for s in shards for d in s]
+    assert reasons[1] is not None and reasons[1].startswith("line is not valid JSON")
+    assert reasons[2] == "duplicate doc_id"
+    assert reasons[3] == "no value in id column 'id'"
+    assert reasons[4] == "text column 'text' holds int, not text"
+
+
+def test_csv_and_parquet_with_configurable_columns(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"key": ["a", "b"], "body": ["first", "second"], "n": ["1", "2"]})
+    frame.to_csv(tmp_path / "docs.csv", index=False)
+    frame.to_parquet(tmp_path / "docs.parquet")
+    for name in ("docs.csv", "docs.parquet"):
+        shards = list(
+            iter_shards(str(tmp_path / name), SourceOptions(id_column="key", text_column="body"))
+        )
+        assert [(d.doc_id, d.text, d.fields["n"]) for d in shards[0]] == [
+            ("a", "first", "1"),
+            ("b", "second", "2"),
+        ]
+
+
+def test_csv_without_the_text_column_is_a_clear_config_error(tmp_path: Path) -> None:
+    (tmp_path / "docs.csv").write_text("id,body\n1,hello\n")
+    with pytest.raises(ConfigError, match="docs.csv: no column 'text' \\(columns: id, body\\)"):
+        list(iter_shards(str(tmp_path / "docs.csv"), SourceOptions()))
+
+
+def test_missing_source_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        list(iter_shards(str(tmp_path / "nope"), SourceOptions()))
+
+
+def test_fingerprint_changes_with_content_and_options(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha")
+    before = source_fingerprint(str(tmp_path), SourceOptions())
+    assert before == source_fingerprint(str(tmp_path), SourceOptions())
+    assert before != source_fingerprint(str(tmp_path), SourceOptions(shard_size=5))
+    (tmp_path / "b.txt").write_text("beta")
+    assert before != source_fingerprint(str(tmp_path), SourceOptions())
