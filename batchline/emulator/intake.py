@@ -21,7 +21,7 @@ MAX_REQUESTS: Final = 100_000
 CUSTOM_ID_PATTERN: Final = "^[a-zA-Z0-9_-]{1,64}$"
 _CUSTOM_ID: Final = re.compile("[a-zA-Z0-9_-]{1,64}")
 _REQUEST_KEYS: Final = frozenset({"custom_id", "params"})
-_WHITESPACE: Final = " \t\n\r"
+_NOT_WHITESPACE: Final = re.compile("[^ \t\n\r]")
 _CHUNK: Final = 1 << 20
 
 
@@ -74,12 +74,11 @@ class _TextStream:
     def peek(self) -> str:
         """The next character that is not whitespace, or "" at the end of the body."""
         while True:
-            buf, pos, end = self._buf, self._pos, len(self._buf)
-            while pos < end and buf[pos] in _WHITESPACE:
-                pos += 1
-            self._pos = pos
-            if pos < end:
-                return buf[pos]
+            found = _NOT_WHITESPACE.search(self._buf, self._pos)
+            if found is not None:
+                self._pos = found.start()
+                return found.group()
+            self._pos = len(self._buf)
             if not self._more():
                 return ""
 
