@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--template", default="{text}", help="user message, e.g. 'Summarize: {text}'")
+    parser.add_argument(
+        "--template", default="{text}", help="user message, e.g. 'Summarize: {text}'"
+    )
     parser.add_argument("--system", default=None, help="system prompt (sent with cache_control)")
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--poll-interval", type=float, default=10.0, help="first poll wait, s")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
+import httpx2
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_GROUP = 10_000
 MAX_DOWNLOAD_ATTEMPTS = 5
+# The SDK wraps errors of the request itself, but a body cut off while we stream it surfaces as
+# the transport's own error.
+_BROKEN_DOWNLOAD = (
+    anthropic.APIConnectionError,
+    anthropic.InternalServerError,
+    httpx2.TransportError,
+)
 
 
 class CollectError(RuntimeError):
@@ -103,7 +111,7 @@ def collect_batch(
             try:
                 _download(client, layout, batch_id, name, expected_custom_ids)
                 break
-            except (anthropic.APIConnectionError, anthropic.InternalServerError) as exc:
+            except _BROKEN_DOWNLOAD as exc:
                 # A stream cut midway: the partial file was discarded, start the download over.
                 if attempt == MAX_DOWNLOAD_ATTEMPTS:
                     raise

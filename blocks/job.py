@@ -7,7 +7,6 @@ from pydantic import Field
 
 from batchline.config import DEFAULT_MODEL, JobConfig
 
-
 _JOB_FIELDS = {"model", "max_tokens", "template", "system", "max_attempts"}
 
 

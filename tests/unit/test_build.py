@@ -94,7 +94,7 @@ def _summary(requests: int, cost: float | None, reasons: dict[str, int] | None =
 
 def test_budget_refuses_over_budget_and_unpriced_models() -> None:
     check_submittable(_summary(10, 0.5), JobConfig(max_cost_usd=1.0))
-    with pytest.raises(BudgetExceeded, match="over the budget of \\$0.10"):
+    with pytest.raises(BudgetExceeded, match=r"over the budget of \$0\.10"):
         check_submittable(_summary(10, 0.5), JobConfig(max_cost_usd=0.1))
     with pytest.raises(BudgetExceeded, match="no price"):
         check_submittable(_summary(10, None), JobConfig(model="mystery", max_cost_usd=1.0))

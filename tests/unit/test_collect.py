@@ -23,7 +23,9 @@ def test_succeeded_line_keeps_text_tool_use_and_usage() -> None:
     }
     row = parse_result_line(_line({"type": "succeeded", "message": message}), "b1")
     assert row["text"] == "Hello world"
-    assert orjson.loads(row["tool_use_json"]) == [{"id": "t1", "name": "extract", "input": {"k": 1}}]
+    assert orjson.loads(row["tool_use_json"]) == [
+        {"id": "t1", "name": "extract", "input": {"k": 1}}
+    ]
     assert (row["input_tokens"], row["output_tokens"]) == (10, 5)
     assert (row["cache_read_input_tokens"], row["cache_creation_input_tokens"]) == (3, 0)
     assert row["batch_id"] == "b1"
