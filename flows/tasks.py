@@ -108,7 +108,17 @@ def wait(output: str, job: JobConfig, credentials: str | None) -> list[str]:
         done = total - sum(c.processing for c in counts)
         update_progress_artifact(artifact, 100.0 * done / max(total, 1))
         for batch in batches.values():
-            logger.info("%s %s %s", batch.id, batch.processing_status, batch.request_counts)
+            c = batch.request_counts
+            logger.info(
+                "%s %s: processing=%d succeeded=%d errored=%d expired=%d canceled=%d",
+                batch.id,
+                batch.processing_status,
+                c.processing,
+                c.succeeded,
+                c.errored,
+                c.expired,
+                c.canceled,
+            )
 
     wait_for_batches(
         client_for(credentials), outstanding, job.poll_interval, job.max_poll_interval, report

@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -39,13 +40,13 @@ class _Readable(Protocol):
     def readline(self, size: int, /) -> bytes: ...
 
 
+@dataclass(frozen=True, slots=True)
 class Request:
-    """What an endpoint needs from a request: its id parameter, query and body."""
+    """What an endpoint needs from a request: the batch id in its path, its query and body."""
 
-    def __init__(self, batch_id: str, query: dict[str, list[str]], body: Body) -> None:
-        self.batch_id = batch_id
-        self.query = query
-        self.body = body
+    batch_id: str
+    query: dict[str, list[str]]
+    body: Body
 
 
 class Body:
@@ -133,6 +134,14 @@ def _results(api: BatchesApi, request: Request) -> ResultsBody:
     return api.results(request.batch_id)
 
 
+_ITEM_ROUTES: Final[dict[tuple[str, str | None], Handler]] = {
+    ("GET", None): _retrieve,
+    ("DELETE", None): _delete,
+    ("POST", "/cancel"): _cancel,
+    ("GET", "/results"): _results,
+}
+
+
 def _route(method: str, path: str) -> tuple[Handler, str] | None:
     """The endpoint for a /v1 method and path, with the batch id it names (or "")."""
     if path == "/v1/messages/batches":
@@ -140,13 +149,7 @@ def _route(method: str, path: str) -> tuple[Handler, str] | None:
     match = _BATCH_PATH.fullmatch(path)
     if match is None:
         return None
-    table: dict[tuple[str, str | None], Handler] = {
-        ("GET", None): _retrieve,
-        ("DELETE", None): _delete,
-        ("POST", "/cancel"): _cancel,
-        ("GET", "/results"): _results,
-    }
-    handler = table.get((method, match["action"]))
+    handler = _ITEM_ROUTES.get((method, match["action"]))
     return None if handler is None else (handler, match["id"])
 
 
