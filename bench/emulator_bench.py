@@ -9,6 +9,7 @@ alone; the batch goes through the official SDK exactly as the pipeline sends it.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import subprocess
@@ -108,9 +109,9 @@ def main() -> int:
 
     body_mb = sizes[0] / 1e6
     peak_mb = peak["VmHWM"] / 1024
-    print(
-        f"machine          {platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
-    )
+    ratio = peak["VmHWM"] * 1024 / sizes[0]
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    print(f"machine          {platform.machine()}, {os.cpu_count()} cores, {python}")
     print(f"requests         {args.requests:,} ({args.prompt_chars:,} characters of prompt each)")
     print(f"body             {body_mb:,.1f} MB")
     print(f"create           {created - start:8.2f} s")
@@ -119,9 +120,7 @@ def main() -> int:
     )
     print(f"download         {downloaded - ended:8.2f} s ({results:,} results: {kinds})")
     print(f"server RSS idle  {idle['VmRSS'] / 1024:8.1f} MiB")
-    print(
-        f"server peak RSS  {peak_mb:8.1f} MiB (VmHWM) = {peak_mb * 1.048576 / body_mb:.2f}x the body"
-    )
+    print(f"server peak RSS  {peak_mb:8.1f} MiB (VmHWM), {ratio:.2f}x the body")
     print(f"database on disk {db_bytes / 1e6:8.1f} MB")
     return 0 if results == args.requests else 1
 
