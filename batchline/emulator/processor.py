@@ -91,7 +91,12 @@ class Processor:
             if now < due:
                 wait = min(wait, due - now)
                 continue
-            ended_at = max(due, record.generated_at or record.created_at)
+            # Never before the results were ready, nor before a cancel that came in late.
+            ended_at = max(
+                due,
+                record.generated_at or record.created_at,
+                record.cancel_initiated_at or record.created_at,
+            )
             # If a cancel slipped in since the read, finish() refuses and the next step sees it.
             self._store.finish(
                 record,
@@ -108,7 +113,13 @@ class Processor:
         for index, custom_id, raw in self._store.pending_requests(
             record.seq, record.generated, limit
         ):
-            kind, result = self._outcome(record, custom_id, raw, now)
+            try:
+                kind, result = self._outcome(record, custom_id, raw, now)
+            except Exception:
+                # One request the emulator cannot handle must not stall its whole batch; the
+                # real API answers such a request with an internal error too.
+                logger.exception("emulator failed on request %s of %s", custom_id, record.id)
+                kind, result = "errored", errored_result("api_error", "Internal server error")
             line = orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
             outcomes.append((index, kind, line))
         generated = record.generated + len(outcomes)
