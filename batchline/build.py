@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections import Counter
@@ -16,9 +17,12 @@ from pydantic import BaseModel
 
 from batchline import schemas
 from batchline.config import ConfigError, JobConfig
+from batchline.failpoints import failpoint
 from batchline.load import Document, read_staged
 from batchline.pricing import DEFAULT_CONTEXT_TOKENS, Usage, cost_usd, price_table
 from batchline.storage import OutputLayout, part_name, remove_parts_from
+
+log = logging.getLogger(__name__)
 
 CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 CHARS_PER_TOKEN = 4
@@ -168,7 +172,13 @@ def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str
         reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
     for area in ("manifest", "invalid"):
         remove_parts_from(layout, area, len(names))
+    failpoint("build.done")
     cost = cost_usd(job.model, Usage(input_tokens=tokens, output_tokens=job.max_tokens * requests))
+    if cost is None:
+        log.warning(
+            "model %r has no price in data/prices.json: its costs will be reported as null",
+            job.model,
+        )
     fingerprint = hashlib.sha256(
         f"{source_fingerprint}\0{job.request_fingerprint()}".encode()
     ).hexdigest()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anthropic
@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batchline import schemas
+from batchline.failpoints import failpoint
+from batchline.ledger import Ledger
 from batchline.storage import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ _BROKEN_DOWNLOAD = (
 
 class CollectError(RuntimeError):
     """A batch's results do not match the requests the ledger says it holds."""
+
+
+class ResultsExpiredError(CollectError):
+    """Results the API no longer keeps (29 days after creation): their requests are unanswered."""
 
 
 class CollectedBatch(BaseModel):
@@ -109,33 +115,39 @@ def collect_batch(
     if not layout.exists("collected", name):
         for attempt in range(1, MAX_DOWNLOAD_ATTEMPTS + 1):
             try:
-                _download(client, layout, batch_id, name, expected_custom_ids)
+                lines = iter_result_lines(client, batch_id)
+                write_collected(layout, batch_id, lines, expected_custom_ids)
                 break
+            except anthropic.NotFoundError as exc:
+                if client.messages.batches.retrieve(batch_id).archived_at is None:
+                    raise
+                raise _results_expired(client, layout) from exc
             except _BROKEN_DOWNLOAD as exc:
                 # A stream cut midway: the partial file was discarded, start the download over.
                 if attempt == MAX_DOWNLOAD_ATTEMPTS:
                     raise
                 log.warning("results of %s broke off (%s); downloading again", batch_id, exc)
                 sleep(min(2.0**attempt, 30.0))
+        failpoint("collect.done")
     statuses = layout.read_table("collected", name, columns=["status"]).column("status")
     by_status = Counter(statuses.to_pylist())
     return CollectedBatch(batch_id=batch_id, rows=sum(by_status.values()), by_status=by_status)
 
 
-def _download(
-    client: anthropic.Anthropic,
-    layout: OutputLayout,
-    batch_id: str,
-    name: str,
-    expected: set[str],
+def write_collected(
+    layout: OutputLayout, batch_id: str, lines: Iterable[bytes], expected: set[str]
 ) -> None:
+    """Write ``collected/<batch_id>.parquet`` from result lines, which must answer ``expected``.
+
+    The file appears whole or not at all, so a crash or a cut stream never leaves a partial one.
+    """
     seen: set[str] = set()
     with (
-        layout.atomic_open("collected", name) as handle,
+        layout.atomic_open("collected", f"{batch_id}.parquet") as handle,
         pq.ParquetWriter(handle, schemas.COLLECTED, compression="zstd") as writer,
     ):
         rows: list[dict[str, Any]] = []
-        for line in iter_result_lines(client, batch_id):
+        for line in lines:
             row = parse_result_line(line, batch_id)
             if row["custom_id"] not in expected or row["custom_id"] in seen:
                 raise CollectError(
@@ -149,7 +161,25 @@ def _download(
                 rows = []
         if rows:
             writer.write_table(pa.Table.from_pylist(rows, schema=schemas.COLLECTED))
+        failpoint("collect.written")
         if seen != expected:
             raise CollectError(
                 f"batch {batch_id} returned {len(seen)} results for {len(expected)} requests"
             )
+
+
+def _results_expired(client: anthropic.Anthropic, layout: OutputLayout) -> ResultsExpiredError:
+    """The error naming every uncollected batch whose results the API has archived."""
+    gone = []
+    for entry in Ledger(layout).entries():
+        if entry.batch_id is None or layout.exists("collected", f"{entry.batch_id}.parquet"):
+            continue
+        if client.messages.batches.retrieve(entry.batch_id).archived_at is not None:
+            gone.append(entry)
+    listed = ", ".join(f"{e.batch_id} ({e.request_count} requests)" for e in gone)
+    return ResultsExpiredError(
+        f"the results of {len(gone)} batch(es) are past the API's 29-day retention and can no "
+        f"longer be downloaded: {listed}; {sum(e.request_count for e in gone)} requests have no "
+        "result. To submit them again (and pay again), delete these ledger entries and rerun: "
+        + ", ".join(layout.url("ledger", f"{e.key}.json") for e in gone)
+    )

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from batchline import schemas
 from batchline.config import ConfigError, SourceOptions
+from batchline.failpoints import failpoint
 from batchline.storage import OutputLayout, filesystem, part_name, remove_parts_from
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -241,6 +242,7 @@ def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -
         documents += len(shard)
         invalid += sum(d.invalid_reason is not None for d in shard)
     remove_parts_from(layout, "documents", shards)
+    failpoint("load.done")
     return LoadSummary(fingerprint=fingerprint, shards=shards, documents=documents, invalid=invalid)
 
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 import anthropic
 from anthropic.types.messages import MessageBatch
 
+from batchline.failpoints import failpoint
+
 log = logging.getLogger(__name__)
 
 BACKOFF_FACTOR = 1.5
@@ -57,6 +59,7 @@ def wait_for_batches(
     while True:
         batches = retrieve_all(client, batch_ids)
         on_poll(batches)
+        failpoint("wait.polled")
         _warn_near_expiry(batches, warned)
         if all_ended(batches):
             return batches

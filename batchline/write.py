@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchline import schemas
+from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
 from batchline.pricing import Usage, cost_usd, price_table
 from batchline.storage import OutputLayout
@@ -92,6 +93,7 @@ def write_results(layout: OutputLayout) -> RunSummary:
         _tally(rows, status_counts, tokens, costs)
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
+    failpoint("write.done")
     for model in sorted(unpriced):
         log.warning("no price for model %r: its rows have cost_usd null", model)
     priced = [c for c in costs if c is not None]
