@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="output root, local or s3://")
     _add_job_arguments(run)
     run.add_argument("--dry-run", action="store_true", help="build and price, submit nothing")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="reuse an output that belongs to another source (its results are replaced)",
+    )
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser(
@@ -87,9 +92,12 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from batchline.config import ConfigError
+    from batchline.storage import OutputLayout, release_output
     from flows.pipeline import batch_pipeline
 
     try:
+        if args.force:
+            release_output(OutputLayout(args.output))
         result = batch_pipeline(
             source=args.source,
             output=args.output,

@@ -10,15 +10,21 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Literal
+from datetime import UTC, datetime
+from typing import IO, Any, Literal, get_args
 
 import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel
+
+from batchline.config import ConfigError
 
 Area = Literal["documents", "invalid", "manifest", "ledger", "collected", "results", "prefect"]
+# At the output root: which source the output belongs to (see claim_output).
+RUN_MARKER = "batchline-run.json"
 
 
 def filesystem_options(url: str) -> dict[str, Any]:
@@ -49,18 +55,18 @@ class OutputLayout:
         self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
         self.fs, self._root_path = filesystem(self.root)
 
-    def path(self, area: Area, name: str = "") -> str:
-        """Filesystem path (no scheme) of ``name`` in ``area``; the area folder when name is ''."""
-        return join(self._root_path, area, name) if name else join(self._root_path, area)
+    def path(self, area: Area | None, name: str = "") -> str:
+        """Filesystem path (no scheme) of ``name`` in ``area`` (None: the root); '' the folder."""
+        return join(self._root_path, *[p for p in (area, name) if p])
 
-    def url(self, area: Area, name: str = "") -> str:
+    def url(self, area: Area | None, name: str = "") -> str:
         """Same as ``path`` but with the scheme, for users, logs and pandas."""
-        return join(self.root, area, name) if name else join(self.root, area)
+        return join(self.root, *[p for p in (area, name) if p])
 
-    def exists(self, area: Area, name: str) -> bool:
+    def exists(self, area: Area | None, name: str) -> bool:
         return bool(self.fs.exists(self.path(area, name)))
 
-    def names(self, area: Area, suffix: str = "") -> list[str]:
+    def names(self, area: Area | None, suffix: str = "") -> list[str]:
         """Names (not paths) of the files in an area, sorted, optionally filtered by suffix."""
         folder = self.path(area)
         if not self.fs.exists(folder):
@@ -69,7 +75,7 @@ class OutputLayout:
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
 
     @contextmanager
-    def atomic_open(self, area: Area, name: str) -> Iterator[IO[bytes]]:
+    def atomic_open(self, area: Area | None, name: str) -> Iterator[IO[bytes]]:
         """Write a file so readers see the old content or the whole new one, never a part.
 
         Locally we write a temporary sibling and rename it. An S3 put is atomic, but a remote
@@ -95,11 +101,11 @@ class OutputLayout:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    def write_json(self, area: Area, name: str, value: Any) -> None:
+    def write_json(self, area: Area | None, name: str, value: Any) -> None:
         with self.atomic_open(area, name) as handle:
             handle.write(orjson.dumps(value, option=orjson.OPT_INDENT_2))
 
-    def read_json(self, area: Area, name: str) -> Any:
+    def read_json(self, area: Area | None, name: str) -> Any:
         with self.fs.open(self.path(area, name), "rb") as handle:
             return orjson.loads(handle.read())
 
@@ -122,3 +128,54 @@ def remove_parts_from(layout: OutputLayout, area: Area, first_stale: int) -> Non
     for name in layout.names(area, ".parquet"):
         if name.startswith("part-") and int(name[5:10]) >= first_stale:
             layout.fs.rm(layout.path(area, name))
+
+
+class RunMarker(BaseModel):
+    """What ``batchline-run.json`` at an output root records."""
+
+    source: str
+    job_fingerprint: str
+    claimed_at: datetime
+
+
+def claim_output(layout: OutputLayout, source: str, job_fingerprint: str) -> None:
+    """Check that ``layout`` is writable and free for ``source``, and record it as the owner.
+
+    An output belongs to one source: a run of another source would mix two runs' ledgers and
+    replace the first one's results, so it is refused (see ``release_output``), as is a non-empty
+    folder that is not a batchline output. Raises ConfigError before anything is loaded or spent.
+    """
+    source = source.rstrip("/") if "://" in source else os.path.abspath(source)
+    try:
+        if layout.fs.exists(layout.path(None)) and not layout.fs.isdir(layout.path(None)):
+            raise ConfigError(f"output {layout.root} is a file, not a folder")
+        marker = None
+        if layout.exists(None, RUN_MARKER):
+            marker = RunMarker.model_validate(layout.read_json(None, RUN_MARKER))
+        if marker is not None and marker.source != source:
+            raise ConfigError(
+                f"output {layout.root} holds the run of source {marker.source}, not {source}: "
+                "choose another output, or reuse this one for the new source (its results will "
+                f"be replaced) by deleting {layout.url(None, RUN_MARKER)} or passing --force"
+            )
+        if marker is None:
+            ours = {*get_args(Area), RUN_MARKER}
+            foreign = sorted(set(layout.names(None)) - ours)
+            if foreign:
+                raise ConfigError(
+                    f"output {layout.root} is not empty and not a batchline output (it holds "
+                    f"{', '.join(foreign[:5])}); choose a new or empty folder"
+                )
+        if marker is None or marker.job_fingerprint != job_fingerprint:
+            claim = RunMarker(
+                source=source, job_fingerprint=job_fingerprint, claimed_at=datetime.now(UTC)
+            )
+            layout.write_json(None, RUN_MARKER, claim.model_dump(mode="json"))
+    except OSError as exc:
+        raise ConfigError(f"output {layout.root} cannot be used: {exc}") from exc
+
+
+def release_output(layout: OutputLayout) -> None:
+    """Forget which source ``layout`` belongs to, so that another source may claim it."""
+    if layout.exists(None, RUN_MARKER):
+        layout.fs.rm(layout.path(None, RUN_MARKER))
