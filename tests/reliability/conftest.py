@@ -1,0 +1,46 @@
+"""Fixtures of the reliability suite: one Prefect server for every CLI run, a shared corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from batchline.emulator import Emulator
+from tests.support import cli_env, prefect_server_process, write_documents
+
+CORPUS_SIZE = 20
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `prefect server start` shared by the suite: CLI runs skip the 15 s temporary server."""
+    with prefect_server_process(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
+
+
+@pytest.fixture
+def prefect_api(prefect_api_url: str) -> Iterator[str]:
+    """Point flows run in this process at the shared server; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
+        yield prefect_api_url
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """A folder of documents no test modifies, and their doc_ids."""
+    folder = tmp_path_factory.mktemp("corpus")
+    return folder, set(write_documents(folder, CORPUS_SIZE))
+
+
+@pytest.fixture
+def env_for(tmp_path: Path, prefect_api_url: str) -> Callable[[Emulator], dict[str, str]]:
+    """The environment of a CLI run against an emulator and the shared Prefect server."""
+
+    def make(emulator: Emulator) -> dict[str, str]:
+        return cli_env(emulator, tmp_path / "prefect-home", prefect_api_url)
+
+    return make
