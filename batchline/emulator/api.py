@@ -13,7 +13,7 @@ from batchline.emulator.config import EmulatorConfig
 from batchline.emulator.errors import ApiError, batch_not_found, invalid_request
 from batchline.emulator.intake import ByteSource, IncomingRequest, iter_requests
 from batchline.emulator.processor import Processor
-from batchline.emulator.schedule import BatchRecord
+from batchline.emulator.schedule import BatchRecord, instant
 from batchline.emulator.store import Store
 
 _INSERT_ROWS: Final = 2000
@@ -65,12 +65,12 @@ class BatchesApi:
         except BaseException:
             self._store.discard_batch(seq)
             raise
-        now = time.time()
+        now = instant(time.time())
         record = self._store.publish_batch(
             seq,
             request_count=count,
             created_at=now,
-            expires_at=now + self._config.expiry_seconds,
+            expires_at=instant(now + self._config.expiry_seconds),
             processing_seconds=self._config.processing_seconds,
             requests_per_second=self._config.requests_per_second,
             cancel_seconds=self._config.cancel_seconds,
@@ -127,7 +127,7 @@ class BatchesApi:
             raise invalid_request(
                 f"Message Batch {batch_id} has already ended and can no longer be canceled."
             )
-        record = self._store.cancel(batch_id, time.time())
+        record = self._store.cancel(batch_id, instant(time.time()))
         if record is None:
             raise batch_not_found(batch_id)
         self._processor.wake()

@@ -97,9 +97,9 @@ class Emulator:
             if server is None or thread is None or processor is None or store is None:
                 return
             server.shutdown()
-            server.close_connections()
-            server.server_close()  # joins the handler threads
             thread.join()
+            server.server_close()
+            server.disconnect()
             processor.stop()
             store.close()
             self._server = self._thread = self._processor = self._store = None

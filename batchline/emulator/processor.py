@@ -16,7 +16,7 @@ import orjson
 
 from batchline.emulator import faults, responder, seeding
 from batchline.emulator.config import EmulatorConfig
-from batchline.emulator.schedule import BatchRecord
+from batchline.emulator.schedule import BatchRecord, instant
 from batchline.emulator.store import Outcome, Store
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,12 @@ class Processor:
                 wait = min(wait, due - now)
                 continue
             # Never before the results were ready, nor before a cancel that came in late.
-            ended_at = max(
-                due,
-                record.generated_at or record.created_at,
-                record.cancel_initiated_at or record.created_at,
+            ended_at = instant(
+                max(
+                    due,
+                    record.generated_at or record.created_at,
+                    record.cancel_initiated_at or record.created_at,
+                )
             )
             # If a cancel slipped in since the read, finish() refuses and the next step sees it.
             self._store.finish(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Status = Literal["in_progress", "canceling", "ended"]
+
+_TOLERANCE: Final = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,12 @@ class BatchRecord:
 
     def processed_count(self) -> int:
         """How many requests (a prefix in request order) are processed before the cutoff."""
-        elapsed = self.cutoff - self.created_at
+        # Times are stored to the microsecond; the tolerance keeps a request due exactly at the
+        # cutoff from being lost to float rounding.
+        elapsed = self.cutoff - self.created_at + _TOLERANCE
         if self.requests_per_second is None:
             return self.request_count if self.processing_seconds <= elapsed else 0
-        # The epsilon keeps the last request of an exactly-on-time batch from rounding away.
-        reached = math.floor(elapsed * self.requests_per_second + 1e-9)
+        reached = math.floor(elapsed * self.requests_per_second)
         return max(0, min(self.request_count, reached))
 
     def natural_end(self) -> float:
@@ -116,6 +119,12 @@ class BatchRecord:
     def archived(self, now: float, retention_seconds: float) -> bool:
         """Whether the results have been archived and can no longer be downloaded."""
         return now >= self.created_at + retention_seconds
+
+
+def instant(timestamp: float) -> float:
+    """A time rounded to the microsecond, the API's resolution, so that stored times and their
+    RFC 3339 form agree exactly (an `ended_at - created_at` is what was configured)."""
+    return round(timestamp, 6)
 
 
 def rfc3339(timestamp: float | None) -> str | None:

@@ -154,7 +154,12 @@ def _route(method: str, path: str) -> tuple[Handler, str] | None:
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that can close its idle keep-alive connections on shutdown."""
+    """A threading HTTP server that, on shutdown, closes its connections and waits for them.
+
+    Handler threads are daemons, so a client that keeps a pooled connection open never blocks
+    interpreter exit; the server tracks them itself so that `disconnect` can still join them
+    before the database is closed under them.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -164,24 +169,34 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.api = api
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self._live: dict[threading.Thread, socket.socket] = {}
+        self._live_lock = threading.Lock()
 
-    def track(self, connection: socket.socket, *, open_: bool) -> None:
-        """Remember or forget a client connection."""
-        with self._connections_lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address), daemon=True
+        )
+        with self._live_lock:
+            self._live[thread] = request
+        thread.start()
 
-    def close_connections(self) -> None:
-        """Shut every client connection so that handler threads waiting on one return."""
-        with self._connections_lock:
-            for connection in self._connections:
-                # A connection the peer already closed raises; it needs nothing more.
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._live_lock:
+                self._live.pop(threading.current_thread(), None)
+
+    def disconnect(self, timeout: float = 10.0) -> None:
+        """Shut every client connection and wait for the handler threads to return."""
+        with self._live_lock:
+            live = dict(self._live)
+        for connection in live.values():
+            # A connection the peer already closed raises; it needs nothing more.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        for thread in live:
+            thread.join(timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -193,13 +208,6 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes; without this, Nagle's algorithm and the
         # client's delayed ACK add 40 ms to every response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection, open_=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, open_=False)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)

@@ -290,3 +290,17 @@ def test_a_batch_created_before_a_stop_ends_after_the_restart(
 
     assert emu.port == port
     assert ended.request_counts.succeeded == 2
+
+
+def test_stop_closes_idle_client_connections_promptly(emulator, client, make_requests) -> None:
+    emu = emulator()
+    sdk = client(emu, max_retries=0)
+    sdk.messages.batches.create(requests=make_requests(1))  # leaves a pooled keep-alive connection
+
+    started = time.monotonic()
+    emu.stop()
+    stopped_in = time.monotonic() - started
+
+    assert stopped_in < 2
+    with pytest.raises(anthropic.APIConnectionError):
+        sdk.messages.batches.list()
