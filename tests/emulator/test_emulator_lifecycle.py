@@ -304,3 +304,32 @@ def test_stop_closes_idle_client_connections_promptly(emulator, client, make_req
     assert stopped_in < 2
     with pytest.raises(anthropic.APIConnectionError):
         sdk.messages.batches.list()
+
+
+def test_a_batch_that_outlives_its_expiry_expires_whole(
+    emulator, client, make_requests, wait_ended
+) -> None:
+    emu = emulator(processing_seconds=5, expiry_seconds=0.2)
+    batches = client(emu).messages.batches
+    batch = batches.create(requests=make_requests(3))
+
+    ended = wait_ended(batches, batch.id)
+
+    assert ended.request_counts.expired == 3
+    assert ended.ended_at == ended.expires_at
+
+
+def test_stats_endpoint_needs_no_key_and_is_never_faulted(emulator, client, make_requests) -> None:
+    emu = emulator(http_error_rates={500: 1.0})
+    with pytest.raises(anthropic.InternalServerError):
+        client(emu, max_retries=1).messages.batches.create(requests=make_requests(2))
+
+    full = httpx2.get(f"{emu.base_url}/_emulator/stats")
+    short = httpx2.get(f"{emu.base_url}/_emulator/stats?per_custom_id=0")
+
+    assert full.status_code == short.status_code == 200
+    assert full.json() == emu.stats()
+    assert full.json()["create_calls"] == 2 and full.json()["http_faults"] == 2
+    assert short.json() == {
+        key: value for key, value in full.json().items() if key != "requests_per_custom_id"
+    }
