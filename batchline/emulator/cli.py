@@ -33,17 +33,31 @@ def _parser() -> argparse.ArgumentParser:
         prog="batchline emulator",
         description="Serve an emulated Anthropic Message Batches API on a local port.",
     )
-    parser.add_argument("--port", type=int, default=0, help="Port to listen on (0: any free).")
-    parser.add_argument("--host", default="127.0.0.1", help=about("host"))
-    parser.add_argument("--db", dest="db_path", help=about("db_path"))
-    parser.add_argument("--processing-seconds", type=float, help=about("processing_seconds"))
-    parser.add_argument("--requests-per-second", type=float, help=about("requests_per_second"))
-    parser.add_argument("--expiry-seconds", type=float, help=about("expiry_seconds"))
     parser.add_argument(
-        "--results-retention-seconds", type=float, help=about("results_retention_seconds")
+        "--port", type=int, default=0, metavar="PORT", help="Port to listen on (0: any free)."
     )
-    parser.add_argument("--cancel-seconds", type=float, help=about("cancel_seconds"))
-    parser.add_argument("--seed", type=int, help=about("seed"))
+    parser.add_argument("--host", default="127.0.0.1", help=about("host"))
+    parser.add_argument(
+        "--db",
+        dest="db_path",
+        metavar="PATH",
+        help="SQLite file holding all state, kept across restarts (default: a temporary file).",
+    )
+    parser.add_argument(
+        "--processing-seconds", type=float, metavar="S", help=about("processing_seconds")
+    )
+    parser.add_argument(
+        "--requests-per-second", type=float, metavar="R", help=about("requests_per_second")
+    )
+    parser.add_argument("--expiry-seconds", type=float, metavar="S", help=about("expiry_seconds"))
+    parser.add_argument(
+        "--results-retention-seconds",
+        type=float,
+        metavar="S",
+        help=about("results_retention_seconds"),
+    )
+    parser.add_argument("--cancel-seconds", type=float, metavar="S", help=about("cancel_seconds"))
+    parser.add_argument("--seed", type=int, metavar="N", help=about("seed"))
     parser.add_argument(
         "--error-rate",
         type=_pair,
@@ -52,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TYPE=RATE",
         help=about("error_rates") + " Repeatable.",
     )
-    parser.add_argument("--expire-rate", type=float, help=about("expire_rate"))
+    parser.add_argument("--expire-rate", type=float, metavar="RATE", help=about("expire_rate"))
     parser.add_argument(
         "--http-error-rate",
         type=_pair,
@@ -62,13 +76,21 @@ def _parser() -> argparse.ArgumentParser:
         help=about("http_error_rates") + " Repeatable.",
     )
     parser.add_argument(
-        "--retry-after", dest="retry_after_seconds", type=float, help=about("retry_after_seconds")
+        "--retry-after",
+        dest="retry_after_seconds",
+        type=float,
+        metavar="S",
+        help=about("retry_after_seconds"),
     )
-    parser.add_argument("--lose-creates", type=int, help=about("lose_creates"))
-    parser.add_argument("--cut-results", type=int, help=about("cut_results"))
-    parser.add_argument("--max-output-tokens", type=int, help=about("max_output_tokens"))
-    parser.add_argument("--context-window-tokens", type=int, help=about("context_window_tokens"))
-    parser.add_argument("--cache-min-tokens", type=int, help=about("cache_min_tokens"))
+    parser.add_argument("--lose-creates", type=int, metavar="N", help=about("lose_creates"))
+    parser.add_argument("--cut-results", type=int, metavar="N", help=about("cut_results"))
+    parser.add_argument(
+        "--max-output-tokens", type=int, metavar="N", help=about("max_output_tokens")
+    )
+    parser.add_argument(
+        "--context-window-tokens", type=int, metavar="N", help=about("context_window_tokens")
+    )
+    parser.add_argument("--cache-min-tokens", type=int, metavar="N", help=about("cache_min_tokens"))
     return parser
 
 
