@@ -11,7 +11,7 @@ from typing import Any, Final
 from batchline.emulator import faults, seeding
 from batchline.emulator.config import EmulatorConfig
 from batchline.emulator.errors import ApiError, batch_not_found, invalid_request
-from batchline.emulator.intake import ByteSource, IncomingRequest, iter_requests
+from batchline.emulator.intake import ByteSource, iter_requests
 from batchline.emulator.processor import Processor
 from batchline.emulator.schedule import BatchRecord, instant
 from batchline.emulator.store import Store
@@ -37,6 +37,7 @@ class BatchesApi:
         self._store = store
         self._processor = processor
         self._config = config
+        # Known once the server is bound; results_url is built from it.
         self.base_url = ""
         # Fault budgets count from this start, not over the database's life.
         self._budget_lock = threading.Lock()
@@ -86,7 +87,6 @@ class BatchesApi:
     def _receive(self, seq: int, batch_id: str, body: ByteSource) -> int:
         rows: list[tuple[int, str, int, bytes]] = []
         count = 0
-        request: IncomingRequest
         for request in iter_requests(body):
             order = seeding.sort_key(
                 self._config.seed, "results-order", batch_id, request.custom_id
