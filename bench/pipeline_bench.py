@@ -1,10 +1,13 @@
 """Benchmark: the batchline pipeline against a plain SDK loop like the seed's, on the emulator.
 
-    python bench/pipeline_bench.py [--documents 10000] [--faults]
+    python bench/pipeline_bench.py [--sizes 10000,100000,1000000] [--faults off,on]
 
-Each side runs in its own process against its own fresh emulator process with the same settings,
-so wall time and peak RSS (VmHWM) are each side's alone. Prints wall time, the ratio, peak memory
-and how many rows each side lost (a row is lost when the document has no succeeded result).
+For every size and fault setting, each side runs in its own process against its own fresh
+emulator process with the same settings, so wall time and peak RSS (VmHWM) are each side's alone.
+The pipeline side uses one running Prefect server (PREFECT_API_URL), as a production user would;
+the cost of Prefect's temporary server, which a plain `batchline run` starts when no server is
+configured, is measured on its own. Also prints the results parse throughput of the SDK's typed
+iteration against batchline's fast path. A row is lost when its document has no succeeded result.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 FAULTS = ["--error-rate", "overloaded_error=0.05", "--expire-rate", "0.02"]
+MODEL = "claude-haiku-4-5"
 
 
 def peak_rss_mb() -> float:
@@ -30,126 +35,324 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def write_corpus(folder: Path, count: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "docs.jsonl", "w") as out:
+def write_corpus(path: Path, count: int) -> None:
+    with open(path, "w") as out:
         for i in range(count):
             text = f"Document {i}: a short note on subject {i % 97} with a few details. " * 4
             out.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
 
 
-def run_seed_loop(source: Path, poll: float) -> dict[str, Any]:
+# --- the two sides, each run in a child process -------------------------------------------
+
+
+def run_seed_loop(corpus: Path, poll: float) -> dict[str, Any]:
     """The seed's workflow, with its create bug fixed (a list of dicts, not a file object)."""
     import anthropic
 
     client = anthropic.Anthropic()
     started = time.perf_counter()
-    with open(source / "docs.jsonl") as lines:
+    with open(corpus) as lines:
         documents = [json.loads(line) for line in lines]
     requests = [
         {
             "custom_id": doc["id"],
             "params": {
-                "model": "claude-haiku-4-5",
+                "model": MODEL,
                 "max_tokens": 1024,
                 "messages": [{"role": "user", "content": doc["text"]}],
             },
         }
         for doc in documents
     ]
-    batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    while client.messages.batches.retrieve(batch.id).processing_status != "ended":
-        time.sleep(poll)
-    results = {}
-    for result in client.messages.batches.results(batch.id):
-        if result.result.type == "succeeded":
-            results[result.custom_id] = result.result.message.content[0].text  # type: ignore[union-attr]
+    results: dict[str, str] = {}
+    error = None
+    try:
+        batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        while client.messages.batches.retrieve(batch.id).processing_status != "ended":
+            time.sleep(poll)
+        for result in client.messages.batches.results(batch.id):
+            if result.result.type == "succeeded":
+                results[result.custom_id] = result.result.message.content[0].text  # type: ignore[union-attr]
+    except anthropic.APIError as exc:  # the seed has no splitting: over 100k requests it fails
+        error = f"{type(exc).__name__}: {str(exc)[:80]}"
     return {
         "seconds": time.perf_counter() - started,
-        "rows": len(results),
         "lost": len(documents) - len(results),
         "peak_rss_mb": peak_rss_mb(),
+        "error": error,
     }
 
 
-def run_pipeline(source: Path, output: Path, poll: float) -> dict[str, Any]:
+def run_pipeline(corpus: Path, output: Path, poll: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    import pyarrow.dataset as ds
+
+    from flows.pipeline import batch_pipeline
+
+    batch_pipeline(
+        source=str(corpus),
+        output=str(output),
+        model=MODEL,
+        poll_interval=poll,
+        max_poll_interval=max(poll, 30.0),
+        max_attempts=5,
+    )
+    seconds = time.perf_counter() - started
+    status = ds.dataset(output / "results").to_table(columns=["status"]).column("status")
+    return {
+        "seconds": seconds,
+        "lost": sum(1 for s in status.to_pylist() if s != "succeeded"),
+        "peak_rss_mb": peak_rss_mb(),
+        "error": None,
+    }
+
+
+def run_parse(count: int) -> dict[str, Any]:
+    """Results parse throughput of one ended batch: SDK typed iteration vs the fast path."""
+    import anthropic
+
+    from batchline.collect import iter_result_lines, parse_result_line
+
+    client = anthropic.Anthropic()
+    requests = [
+        {
+            "custom_id": f"r{i}",
+            "params": {
+                "model": MODEL,
+                "max_tokens": 256,
+                "messages": [{"role": "user", "content": f"Request {i} about subject {i % 97}."}],
+            },
+        }
+        for i in range(count)
+    ]
+    batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    while client.messages.batches.retrieve(batch.id).processing_status != "ended":
+        time.sleep(0.5)
+    nbytes = sum(len(line) + 1 for line in iter_result_lines(client, batch.id))  # warm + size
+    started = time.perf_counter()
+    typed = sum(1 for _ in client.messages.batches.results(batch.id))
+    typed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    fast = sum(1 for line in iter_result_lines(client, batch.id) if parse_result_line(line, "b"))
+    fast_s = time.perf_counter() - started
+    assert typed == fast == count
+    return {"rows": count, "mb": nbytes / 1e6, "typed_s": typed_s, "fast_s": fast_s}
+
+
+def run_startup(corpus: Path, output: Path) -> dict[str, Any]:
+    """Wall time of a 10-document run, with whatever Prefect server the environment gives."""
     started = time.perf_counter()
     from flows.pipeline import batch_pipeline
 
-    summary = batch_pipeline(
-        source=str(source / "docs.jsonl"),
-        output=str(output),
-        poll_interval=poll,
-        max_poll_interval=poll,
-        max_attempts=5,
-    )
-    import pandas as pd
-
-    table = pd.read_parquet(output / "results", columns=["status"])
-    succeeded = int((table.status == "succeeded").sum())
-    return {
-        "seconds": time.perf_counter() - started,
-        "rows": len(table),
-        "lost": len(table) - succeeded,
-        "peak_rss_mb": peak_rss_mb(),
-        "batches": summary.batches,  # type: ignore[union-attr]
-    }
+    imported = time.perf_counter() - started
+    batch_pipeline(source=str(corpus), output=str(output), poll_interval=0.2)
+    return {"import_s": imported, "seconds": time.perf_counter() - started}
 
 
-def start_emulator(faults: bool) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-m", "batchline.emulator", "--port", "0", "--processing-seconds", "0"]
+# --- the parent: processes, emulators, the report -----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_emulator(faults: bool, processing_seconds: float) -> tuple[subprocess.Popen[str], str]:
+    args = [
+        sys.executable,
+        "-m",
+        "batchline.emulator",
+        "--port",
+        "0",
+        "--processing-seconds",
+        str(processing_seconds),
+    ]
     process = subprocess.Popen(args + (FAULTS if faults else []), stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    line = process.stdout.readline()
-    return process, line.strip().rsplit(" ", 1)[-1]
+    return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
 
 
-def measure(side: str, documents: int, faults: bool, workdir: Path) -> dict[str, Any]:
-    emulator, url = start_emulator(faults)
-    env = os.environ | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
+def emulator_stats(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_emulator/stats?per_custom_id=0") as response:
+        return dict(json.load(response))
+
+
+def child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"{args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure(
+    side: str,
+    corpus: Path,
+    workdir: Path,
+    faults: bool,
+    opts: argparse.Namespace,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    emulator, url = start_emulator(faults, opts.processing_seconds)
+    env = env | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
     try:
-        child = subprocess.run(
-            [sys.executable, __file__, "--side", side, "--workdir", str(workdir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
+        figures = child(
+            [
+                "--side",
+                side,
+                "--corpus",
+                str(corpus),
+                "--workdir",
+                str(workdir),
+                "--poll",
+                str(opts.poll),
+            ],
+            env,
         )
+        figures["api_calls"] = emulator_stats(url)["http_calls"]
     finally:
         emulator.terminate()
         emulator.wait()
-    return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+    return figures
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import urllib.request
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2):
+                return server, api
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the Prefect server did not start")
+
+
+def report(opts: argparse.Namespace) -> None:
+    sizes = [int(s) for s in opts.sizes.split(",")]
+    fault_modes = [mode == "on" for mode in opts.faults.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        base_env["PREFECT_HOME"] = str(root / "client-home")
+        server, api = start_prefect_server(root / "server-home")
+        served_env = base_env | {"PREFECT_API_URL": api}
+        try:
+            print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+            small = root / "small.jsonl"
+            write_corpus(small, 10)
+            emulator, url = start_emulator(False, 0)
+            try:
+                env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
+                ephemeral = child(
+                    ["--side", "startup", "--corpus", str(small), "--workdir", str(root / "s1")],
+                    base_env | env,
+                )
+                served = child(
+                    ["--side", "startup", "--corpus", str(small), "--workdir", str(root / "s2")],
+                    served_env | env,
+                )
+                parse = child(["--side", "parse", "--rows", str(opts.parse_rows)], base_env | env)
+            finally:
+                emulator.terminate()
+                emulator.wait()
+            print(
+                f"start-up, 10 documents: {ephemeral['seconds']:.1f} s with Prefect's temporary "
+                f"server, {served['seconds']:.1f} s with a running server "
+                f"(import of the flow module: {served['import_s']:.1f} s)"
+            )
+            rows, mb, typed_s, fast_s = (parse[k] for k in ("rows", "mb", "typed_s", "fast_s"))
+            print(
+                f"results parse, {rows:,} rows ({mb:.0f} MB): SDK typed"
+                f" {rows / typed_s:,.0f} rows/s ({mb / typed_s:.1f} MB/s),"
+                f" fast path {rows / fast_s:,.0f} rows/s"
+                f" ({mb / fast_s:.1f} MB/s): {typed_s / fast_s:.1f}x faster"
+            )
+            header = (
+                f"{'documents':>10} {'faults':>6} {'side':>9} {'seconds':>8} {'peak MB':>8} "
+                f"{'lost':>8} {'API calls':>9}  note"
+            )
+            print(header)
+            for size in sizes:
+                corpus = root / f"corpus-{size}.jsonl"
+                write_corpus(corpus, size)
+                for faults in fault_modes:
+                    seed = measure("seed", corpus, root, faults, opts, base_env)
+                    pipe = measure("pipeline", corpus, root, faults, opts, served_env)
+                    for name, fig in (("seed loop", seed), ("pipeline", pipe)):
+                        note = fig["error"] or ""
+                        if name == "pipeline":
+                            note = f"{pipe['seconds'] / seed['seconds']:.2f}x the seed loop"
+                        print(
+                            f"{size:>10,} {'on' if faults else 'off':>6} {name:>9} "
+                            f"{fig['seconds']:>8.1f} {fig['peak_rss_mb']:>8.0f} {fig['lost']:>8,} "
+                            f"{fig['api_calls']:>9}  {note}",
+                            flush=True,
+                        )
+                corpus.unlink()
+        finally:
+            server.terminate()
+            server.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--documents", type=int, default=10_000)
-    parser.add_argument("--faults", action="store_true", help="errored and expired rows on")
-    parser.add_argument("--poll", type=float, default=1.0)
-    parser.add_argument("--side", choices=["seed", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--faults", default="off,on", help="off, on, or off,on")
+    parser.add_argument("--poll", type=float, default=1.0, help="first poll interval, both sides")
+    parser.add_argument("--processing-seconds", type=float, default=0.0)
+    parser.add_argument("--parse-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--side", choices=["seed", "pipeline", "parse", "startup"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.side:  # child process: one side, prints one JSON line
-        result = (
-            run_seed_loop(args.workdir, args.poll)
-            if args.side == "seed"
-            else run_pipeline(args.workdir, args.workdir / f"out-{time.time_ns()}", args.poll)
-        )
-        print(json.dumps(result))
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        workdir = Path(scratch)
-        write_corpus(workdir, args.documents)
-        seed = measure("seed", args.documents, args.faults, workdir)
-        pipeline = measure("pipeline", args.documents, args.faults, workdir)
-    print(f"documents: {args.documents}  faults: {'on' if args.faults else 'off'}")
-    print(f"{'':10}{'seconds':>10}{'peak RSS MB':>14}{'rows lost':>11}")
-    for name, figures in (("seed loop", seed), ("pipeline", pipeline)):
-        print(
-            f"{name:10}{figures['seconds']:>10.1f}{figures['peak_rss_mb']:>14.0f}"
-            f"{figures['lost']:>11}"
-        )
-    print(f"pipeline / seed wall time: {pipeline['seconds'] / seed['seconds']:.2f}x")
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    match opts.side:
+        case None:
+            report(opts)
+            return
+        case "seed":
+            result = run_seed_loop(opts.corpus, opts.poll)
+        case "pipeline":
+            result = run_pipeline(opts.corpus, opts.workdir / f"out-{time.time_ns()}", opts.poll)
+        case "parse":
+            result = run_parse(opts.rows)
+        case "startup":
+            result = run_startup(opts.corpus, opts.workdir)
+        case other:
+            raise ValueError(other)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

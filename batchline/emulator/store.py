@@ -63,6 +63,7 @@ _BATCH_COLUMNS: Final = (
 
 #: Counters reported by the stats endpoint, in the order they are reported.
 STAT_COUNTERS: Final = (
+    "http_calls",
     "create_calls",
     "batches_created",
     "requests_submitted",
