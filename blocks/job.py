@@ -11,7 +11,7 @@ _JOB_FIELDS = {"model", "max_tokens", "template", "system", "max_attempts"}
 
 
 class BatchJob(Block):
-    """What to ask for each document; the pipeline's parameters override nothing stored here."""
+    """What to ask for each document; a pipeline given this block ignores its own job parameters."""
 
     _block_type_name = "Batchline Job"
     _block_type_slug = "batchline-job"
@@ -25,7 +25,5 @@ class BatchJob(Block):
 
     def job_config(self, **overrides: object) -> JobConfig:
         """A JobConfig from this block, with run-time settings such as polling added."""
-        fields = self.model_dump(
-            include={"model", "max_tokens", "template", "system", "max_attempts"}
-        )
+        fields = self.model_dump(include=_JOB_FIELDS)
         return JobConfig.model_validate({**fields, **overrides})

@@ -1,7 +1,8 @@
-"""The batchline pipeline: load → build → submit → wait → collect → retry → write Parquet.
+"""The batchline pipeline: load → build → approve → (submit → wait → collect) per attempt → write.
 
 Every step is safe to run again from the top: cached steps come back Cached, and the submit
-ledger under the output root makes sure nothing already paid for is submitted twice.
+ledger under the output root makes sure nothing already paid for is submitted twice. That is what
+lets a deployed run suspend while its batches process and replay from the top when resumed.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from batchline.build import BuildSummary, check_submittable
-from batchline.config import DEFAULT_MODEL, JobConfig, SourceOptions
+from batchline.config import DEFAULT_MODEL, SourceOptions
 from batchline.ledger import Ledger
-from batchline.storage import OutputLayout, claim_output
+from batchline.storage import OutputLayout
 from batchline.submit import count_pending
 from batchline.write import RunSummary
 from flows.storage import result_storage_for
+from flows.suspend import approve_spend, is_deployed, suspend_until_ended
 from flows.tasks import (
     build_requests,
     client_for,
     collect,
+    job_config_for,
     load_documents,
     submit,
     wait,
@@ -44,13 +47,18 @@ def batch_pipeline(
     text_column: str = "text",
     shard_size: int = 10_000,
     credentials_block: str | None = None,
+    job_block: str | None = None,
+    suspend_after_seconds: float = 300.0,
 ) -> RunSummary | BuildSummary:
     """Run every document of ``source`` through the Message Batches API into ``output``/results.
 
     The API key comes from ``credentials_block`` (a saved AnthropicCredentials) or the
-    environment, never from a parameter.
+    environment, never from a parameter. ``job_block`` (a saved BatchJob) replaces model,
+    max_tokens, template, system and max_attempts. From a deployment, a run whose batches are
+    still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
     """
-    job = JobConfig(
+    job = job_config_for(
+        job_block,
         model=model,
         max_tokens=max_tokens,
         template=template,
@@ -64,45 +72,32 @@ def batch_pipeline(
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything
     layout = OutputLayout(output)
-    claim_output(layout, source, job.request_fingerprint())
     storage = result_storage_for(layout)
+    give_up_after = suspend_after_seconds if is_deployed() else None
 
     loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
     built = build_requests.with_options(result_storage=storage)(layout.root, job, loaded)
-    check_submittable(built, job)
     if dry_run:
+        check_submittable(built, job)
         get_run_logger().info("dry run: %s", built.model_dump_json())
         return built
-    submit.with_options(result_storage=storage)(layout.root, job, built, 1, credentials_block)
-    ended = wait(layout.root, job, credentials_block)
-    collect.with_options(result_storage=storage)(layout.root, ended, credentials_block)
-    retry_failed(layout.root, job, built, storage, credentials_block)
+    approve_spend(built, job)
+    for attempt in range(1, job.max_attempts + 1):
+        if attempt > 1 and not count_pending(layout, job):
+            break
+        submit.with_options(result_storage=storage)(
+            layout.root, job, built, attempt, credentials_block
+        )
+        waited = wait(layout.root, job, credentials_block, give_up_after)
+        if not waited.ended and waited.expires_at is not None:
+            suspend_until_ended(waited.batch_ids, waited.expires_at)  # the process exits here
+        collect.with_options(result_storage=storage)(
+            layout.root, waited.batch_ids, credentials_block
+        )
     batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
     summary = write_parquet.with_options(result_storage=storage)(layout.root, built, batch_ids)
     publish_summary(summary)
     return summary
-
-
-@flow(name="retry-failed")
-def retry_failed(
-    output: str, job: JobConfig, built: BuildSummary, storage: str, credentials_block: str | None
-) -> int:
-    """Resubmit retryable errored and expired requests with their original params.
-
-    Returns how many retry batches ran. Each pass is its own submit → wait → collect.
-    """
-    logger = get_run_logger()
-    passes = 0
-    for attempt in range(2, job.max_attempts + 1):
-        pending = count_pending(OutputLayout(output), job)
-        if not pending:
-            break
-        logger.info("attempt %d: %d requests to retry", attempt, pending)
-        submit.with_options(result_storage=storage)(output, job, built, attempt, credentials_block)
-        ended = wait(output, job, credentials_block)
-        collect.with_options(result_storage=storage)(output, ended, credentials_block)
-        passes += 1
-    return passes
 
 
 def publish_summary(summary: RunSummary) -> None:

@@ -8,13 +8,14 @@ again), and INPUTS alone would collide across tasks.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, cast
-from uuid import UUID
+from datetime import datetime
+from typing import Any
 
+from anthropic.types.messages import MessageBatch
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from pydantic import BaseModel, Field
 
 from batchline.build import BuildSummary, build_manifest
 from batchline.client import make_client
@@ -24,8 +25,15 @@ from batchline.ledger import Ledger
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
 from batchline.storage import OutputLayout
 from batchline.submit import submit_pending
-from batchline.wait import wait_for_batches
+from batchline.wait import all_ended, wait_for_batches
 from batchline.write import RunSummary, write_results
+from flows.progress import (
+    describe,
+    latest_expiry,
+    new_progress_artifact,
+    outstanding_batch_ids,
+    update_progress,
+)
 
 
 def _key(*parts: object) -> str:
@@ -77,7 +85,12 @@ def build_requests(output: str, job: JobConfig, loaded: LoadSummary) -> BuildSum
     return summary
 
 
-@task(name="submit", cache_key_fn=_submit_key, persist_result=True)
+@task(
+    name="submit",
+    task_run_name="submit-attempt-{attempt}",
+    cache_key_fn=_submit_key,
+    persist_result=True,
+)
 def submit(
     output: str, job: JobConfig, built: BuildSummary, attempt: int, credentials: str | None
 ) -> list[str]:
@@ -86,44 +99,41 @@ def submit(
     return [e.batch_id for e in entries if e.batch_id]
 
 
+class Waited(BaseModel):
+    """What a wait saw: the batches it waited for and whether they have all ended."""
+
+    batch_ids: list[str]
+    ended: bool
+    expires_at: datetime | None = Field(None, description="Last expiry of those still running.")
+
+
 @task(name="wait", cache_policy=NO_CACHE)
-def wait(output: str, job: JobConfig, credentials: str | None) -> list[str]:
-    """Wait for every batch the ledger has not collected yet; return their ids."""
-    layout = OutputLayout(output)
-    outstanding = [
-        e.batch_id
-        for e in Ledger(layout).entries()
-        if e.batch_id and not layout.exists("collected", f"{e.batch_id}.parquet")
-    ]
+def wait(
+    output: str, job: JobConfig, credentials: str | None, give_up_after: float | None = None
+) -> Waited:
+    """Wait for every batch the ledger has not collected yet, at most ``give_up_after`` seconds."""
+    outstanding = outstanding_batch_ids(OutputLayout(output))
     if not outstanding:
-        return []
+        return Waited(batch_ids=[], ended=True)
     logger = get_run_logger()
-    artifact = cast(
-        UUID, create_progress_artifact(0.0, description="Requests processed across batches")
-    )
+    artifact = new_progress_artifact()
 
-    def report(batches: dict[str, Any]) -> None:
-        counts = [b.request_counts for b in batches.values()]
-        total = sum(c.processing + c.succeeded + c.errored + c.canceled + c.expired for c in counts)
-        done = total - sum(c.processing for c in counts)
-        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+    def report(batches: dict[str, MessageBatch]) -> None:
+        update_progress(artifact, batches)
         for batch in batches.values():
-            c = batch.request_counts
-            logger.info(
-                "%s %s: processing=%d succeeded=%d errored=%d expired=%d canceled=%d",
-                batch.id,
-                batch.processing_status,
-                c.processing,
-                c.succeeded,
-                c.errored,
-                c.expired,
-                c.canceled,
-            )
+            logger.info(describe(batch))
 
-    wait_for_batches(
-        client_for(credentials), outstanding, job.poll_interval, job.max_poll_interval, report
+    batches = wait_for_batches(
+        client_for(credentials),
+        outstanding,
+        job.poll_interval,
+        job.max_poll_interval,
+        report,
+        give_up_after=give_up_after,
     )
-    return outstanding
+    return Waited(
+        batch_ids=outstanding, ended=all_ended(batches), expires_at=latest_expiry(batches)
+    )
 
 
 @task(name="collect", cache_key_fn=_collect_key, persist_result=True)
@@ -147,6 +157,22 @@ def write_parquet(output: str, built: BuildSummary, batch_ids: list[str]) -> Run
         "wrote %d rows to %s: %s", summary.rows, summary.output, summary.by_status
     )
     return summary
+
+
+# Settings of one run rather than of the job: they come from the flow's parameters even when a
+# saved BatchJob supplies the rest.
+RUN_SETTINGS = ("poll_interval", "max_poll_interval", "max_cost_usd")
+
+
+def job_config_for(job_block: str | None, **settings: Any) -> JobConfig:
+    """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings."""
+    if not job_block:
+        return JobConfig(**settings)
+    from blocks.job import BatchJob
+
+    block = BatchJob.load(job_block)
+    assert isinstance(block, BatchJob)  # sync call: the block, not an awaitable
+    return block.job_config(**{k: settings[k] for k in RUN_SETTINGS if k in settings})
 
 
 def client_for(credentials: str | None) -> Any:
