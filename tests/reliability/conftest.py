@@ -23,10 +23,15 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def prefect_api(prefect_api_url: str) -> Iterator[str]:
     """Point flows run in this process at the shared server; yields its API URL."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_api_url}):
         yield prefect_api_url
+        # Send this process's queued logs and events while the server is there to take them.
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,182 @@
+"""Bad input through the CLI: a message naming the document or setting, and nothing spent.
+
+The CLI runs in this process (``batchline.cli.main``, what the ``batchline`` command calls) so
+that these cases cost no interpreter start; the flow reports to the suite's Prefect server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from batchline.cli import main
+from batchline.emulator import Emulator
+from tests.support import write_documents
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+FAST = ["--poll-interval", "0.2", "--max-poll-interval", "0.5"]
+
+
+@pytest.fixture
+def emulator(
+    emulator_factory: Callable[..., Emulator],
+    api_env: Callable[[Emulator], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Emulator:
+    """An emulator the CLI talks to, and a console wide enough not to wrap messages."""
+    started = emulator_factory()
+    api_env(started)
+    monkeypatch.setenv("COLUMNS", "1000")
+    return started
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Exit code and printed text of one `batchline` command, table rules and wrapping removed."""
+    code = main(list(argv))
+    printed = capsys.readouterr().out
+    return code, " ".join(printed.translate({ord("│"): " ", ord("┃"): " "}).split())
+
+
+def test_bad_documents_become_rows_naming_why_and_are_never_sent(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "empty.txt").write_bytes(b"")
+    (docs / "binary.txt").write_bytes(b"PK\x03\x04\x00\x00 zip bytes")
+    (docs / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (docs / "huge.txt").write_text("word " * 180_000)  # ~225k tokens: over a 200k context
+    rows = [{"id": "dup", "text": "first"}, {"id": "dup", "text": "second"}, {"text": "no id"}]
+    (docs / "rows.jsonl").write_bytes(
+        b"\n".join([*map(orjson.dumps, rows), b"{not json", b'{"id": "num", "text": 5}'])
+    )
+
+    code, printed = _cli(capsys, "run", str(docs), "--output", str(tmp_path / "out"), *FAST)
+
+    assert code == 0, printed
+    table = pd.read_parquet(tmp_path / "out" / "results")
+    keys = table.doc_id + "|" + table.status
+    reasons = dict(zip(keys, table.error_message.fillna(""), strict=True))
+    assert reasons.pop("rows.jsonl#4|invalid").startswith("line is not valid JSON")
+    assert reasons == {
+        "empty|invalid": "empty document",
+        "binary|invalid": "binary content (NUL byte at offset 4)",
+        "latin1|invalid": "not valid UTF-8 (byte 0xe9 at offset 3)",
+        "huge|invalid": "about 225000 input tokens + max_tokens 1024 exceed the model's context "
+        "of 200000 tokens",
+        "dup|succeeded": "",
+        "dup|invalid": "duplicate doc_id",
+        "rows.jsonl#3|invalid": "no value in id column 'id'",
+        "num|invalid": "text column 'text' holds int, not text",
+    }
+    assert "rows invalid 8" in printed
+    # Only the one good document reached the API.
+    assert emulator.stats()["requests_per_custom_id"] == {"dup": 1}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("csv-without-text-column", "docs.csv: no column 'text' (columns: id, body)"),
+        ("template-unknown-field", "template '{title}: {text}' fails for every document"),
+        ("max-tokens-zero", "max_tokens Input should be greater than or equal to 1"),
+        ("max-tokens-too-large", "max_tokens Input should be less than or equal to 128000"),
+        ("output-under-a-file", "cannot be used"),
+        ("output-not-empty", "is not empty and not a batchline output (it holds notes.txt)"),
+        ("no-api-key", "no Anthropic API key: set ANTHROPIC_API_KEY"),
+    ],
+)
+def test_unusable_setting_exits_2_naming_it_before_any_spend(
+    case: str,
+    expected: str,
+    tmp_path: Path,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = tmp_path / "docs"
+    write_documents(source, 3)
+    output = tmp_path / "out"
+    extra: list[str] = []
+    match case:
+        case "csv-without-text-column":
+            source = tmp_path / "docs.csv"
+            source.write_text("id,body\n1,hello\n")
+        case "template-unknown-field":
+            extra = ["--template", "{title}: {text}"]
+        case "max-tokens-zero":
+            extra = ["--max-tokens", "0"]
+        case "max-tokens-too-large":
+            extra = ["--max-tokens", "200000"]
+        case "output-under-a-file":
+            (tmp_path / "file.txt").write_text("not a folder")
+            output = tmp_path / "file.txt" / "out"
+        case "output-not-empty":
+            output.mkdir()
+            (output / "notes.txt").write_text("someone's notes")
+        case "no-api-key":
+            monkeypatch.delenv("ANTHROPIC_API_KEY")
+
+    code, printed = _cli(capsys, "run", str(source), "--output", str(output), *FAST, *extra)
+
+    assert code == 2, printed
+    assert expected in printed
+    assert emulator.stats()["create_calls"] == 0
+    if case == "no-api-key":
+        assert not output.exists(), "nothing may be loaded without a key"
+
+
+def test_output_of_another_source_is_refused_unless_forced(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_documents(tmp_path / "a", 2)
+    write_documents(tmp_path / "b", 3)
+    output = str(tmp_path / "out")
+    assert _cli(capsys, "run", str(tmp_path / "a"), "--output", output, "--dry-run")[0] == 0
+
+    code, printed = _cli(capsys, "run", str(tmp_path / "b"), "--output", output, "--dry-run")
+    assert code == 2
+    assert f"holds the run of source {tmp_path / 'a'}, not {tmp_path / 'b'}" in printed
+    assert "--force" in printed
+
+    code, printed = _cli(
+        capsys, "run", str(tmp_path / "b"), "--output", output, "--dry-run", "--force"
+    )
+    assert code == 0, printed
+    assert "requests (dry run, nothing submitted) 3" in printed
+    assert orjson.loads((tmp_path / "out" / "batchline-run.json").read_bytes())["source"] == str(
+        tmp_path / "b"
+    )
+    assert emulator.stats()["create_calls"] == 0
+
+
+def test_unknown_model_runs_with_a_warning_and_null_cost(
+    tmp_path: Path,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_documents(tmp_path / "docs", 3)
+    with caplog.at_level(logging.WARNING):
+        code, printed = _cli(
+            capsys,
+            "run",
+            str(tmp_path / "docs"),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            "claude-future-9",
+            *FAST,
+        )
+    assert code == 0, printed
+    assert "model 'claude-future-9' has no price in data/prices.json" in caplog.text
+    assert "cost at batch prices unknown (no price)" in printed
+    table = pd.read_parquet(tmp_path / "out" / "results")
+    assert set(table.status) == {"succeeded"}
+    assert table.cost_usd.isna().all()
