@@ -14,9 +14,15 @@ CORPUS_SIZE = 20
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prefect_server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PREFECT_HOME of the suite's server: its database, which the secrets test scans."""
+    return tmp_path_factory.mktemp("prefect-server")
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server_home: Path) -> Iterator[str]:
     """A `prefect server start` shared by the suite: CLI runs skip the 15 s temporary server."""
-    with prefect_server_process(tmp_path_factory.mktemp("prefect-server")) as url:
+    with prefect_server_process(prefect_server_home) as url:
         yield url
 
 
