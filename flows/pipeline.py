@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from batchline.build import BuildSummary, check_submittable
 from batchline.config import DEFAULT_MODEL, SourceOptions
 from batchline.ledger import Ledger
-from batchline.storage import OutputLayout
+from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
 from batchline.write import RunSummary
 from flows.storage import result_storage_for
@@ -72,6 +72,7 @@ def batch_pipeline(
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything
     layout = OutputLayout(output)
+    claim_output(layout, source, job.request_fingerprint())
     storage = result_storage_for(layout)
     give_up_after = suspend_after_seconds if is_deployed() else None
 
