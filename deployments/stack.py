@@ -12,6 +12,7 @@ same functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -113,25 +114,37 @@ def prefect(args: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started here and everything it started (its own process group)."""
-    stop_group(process.pid)
-    process.wait(timeout=30)
+def stop(*processes: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop processes started here and everything they started (their own process groups)."""
+    for process in processes:
+        _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:  # the leader may be gone while its children linger
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
-def stop_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+def stop_groups(pids: list[int], grace: float = 10.0) -> None:
+    """Like ``stop``, for process groups started by an earlier command (``up``)."""
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_signal_group(pid, 0) for pid in pids):
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, signum: int) -> bool:
+    """Send ``signum`` to the process group led by ``pid``; False when the group is gone."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_for(
@@ -203,11 +216,9 @@ def down(_: argparse.Namespace) -> int:
     if not pids_file.exists():
         print("no stack is up", file=sys.stderr)
         return 0
-    # The worker first, so it does not pick up runs while the server goes away.
-    for name, pid in sorted(
-        json.loads(pids_file.read_text()).items(), key=lambda i: i[0] != "worker"
-    ):
-        stop_group(pid)
+    pids = json.loads(pids_file.read_text())
+    stop_groups(list(pids.values()))
+    for name, pid in pids.items():
         print(f"stopped {name} ({pid})")
     pids_file.unlink()
     return 0
