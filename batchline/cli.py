@@ -91,7 +91,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from batchline.config import ConfigError
+    from batchline.config import ConfigError, RunError
     from batchline.storage import OutputLayout, release_output
     from flows.pipeline import batch_pipeline
 
@@ -118,6 +118,9 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, ValidationError) as exc:
         console.print(f"[bold red]batchline: {exc}[/]")
         return 2
+    except RunError as exc:
+        console.print(f"[bold red]batchline: the run stopped: {exc}[/]")
+        return 1
     _print_result(result)
     return 0
 

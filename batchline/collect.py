@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batchline import schemas
+from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger
 from batchline.storage import OutputLayout
@@ -38,7 +39,7 @@ _BROKEN_DOWNLOAD = (
 )
 
 
-class CollectError(RuntimeError):
+class CollectError(RunError):
     """A batch's results do not match the requests the ledger says it holds."""
 
 

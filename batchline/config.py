@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A setting or an input location is unusable; raised before anything is spent."""
 
 
+class RunError(RuntimeError):
+    """A run stopped partway; the message names the cause. What was paid for is in the ledger."""
+
+
 class SourceOptions(BaseModel):
     """How documents are read from the source."""
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from anthropic.types.messages import MessageBatch
 
 from batchline.build import split_batches
-from batchline.config import JobConfig
+from batchline.config import JobConfig, RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, LedgerEntry, RequestState
 from batchline.retry import needs_submission
@@ -34,7 +34,7 @@ MAX_CREATE_ATTEMPTS = 8
 _AMBIGUOUS_STATUSES = frozenset({408, 409})
 
 
-class SubmitError(RuntimeError):
+class SubmitError(RunError):
     """A batch could not be submitted; nothing was paid for the requests it names."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchline import schemas
+from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
 from batchline.pricing import Usage, cost_usd, price_table
@@ -28,7 +29,7 @@ _TOKEN_COLUMNS = (
 )
 
 
-class WriteError(RuntimeError):
+class WriteError(RunError):
     """The final table cannot be written because some request has no result yet."""
 
 
