@@ -84,6 +84,15 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument(
+        "--batch-size", type=int, default=100_000, help="requests per batch, at most 100,000"
+    )
+    parser.add_argument(
+        "--max-batches-in-flight",
+        type=int,
+        default=2,
+        help="batches submitted but not yet collected (the API queues 100k-500k requests by tier)",
+    )
+    parser.add_argument(
         "--credentials-block", default=None, help="saved AnthropicCredentials block name"
     )
 
@@ -113,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
             id_column=args.id_column,
             text_column=args.text_column,
             shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            max_batches_in_flight=args.max_batches_in_flight,
             credentials_block=args.credentials_block,
         )
     except (ConfigError, ValidationError) as exc:

@@ -74,6 +74,13 @@ class JobConfig(BaseModel):
     max_cost_usd: float | None = Field(
         None, ge=0, description="Refuse to submit when the worst-case estimate exceeds this."
     )
+    max_batches_in_flight: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Batches submitted but not yet collected, at most. The API queues 100k "
+        "(tier 1) to 500k (tier 4) requests per organisation: 2 full batches fit tiers 2 to 4.",
+    )
     max_requests_per_batch: int = Field(MAX_REQUESTS_PER_BATCH, ge=1, le=MAX_REQUESTS_PER_BATCH)
     max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, le=MAX_BATCH_BYTES)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from batchline.ledger import RequestState
 
 # Error types of an errored result that a later attempt can cure. invalid_request_error (and any
@@ -25,8 +27,20 @@ def is_retryable(status: str | None, error_type: str | None) -> bool:
             raise ValueError(f"unknown result status {status!r}")
 
 
-def needs_submission(state: RequestState | None, params_hash: str, max_attempts: int) -> bool:
-    """Whether a manifest request should go into the next batch."""
+Submission = Literal["new", "retry"]
+
+
+def submission_kind(
+    state: RequestState | None, params_hash: str, max_attempts: int
+) -> Submission | None:
+    """Whether a manifest request goes into a next batch: as a new request, a retry, or not."""
     if state is None or state.params_hash != params_hash:
-        return True
-    return state.attempts < max_attempts and is_retryable(state.status, state.error_type)
+        return "new"
+    if state.attempts < max_attempts and is_retryable(state.status, state.error_type):
+        return "retry"
+    return None
+
+
+def needs_submission(state: RequestState | None, params_hash: str, max_attempts: int) -> bool:
+    """Whether a manifest request should go into the next batch, as new or as a retry."""
+    return submission_kind(state, params_hash, max_attempts) is not None

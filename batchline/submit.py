@@ -22,7 +22,7 @@ from batchline.build import split_batches
 from batchline.config import JobConfig, RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, LedgerEntry, RequestState
-from batchline.retry import needs_submission
+from batchline.retry import Submission, submission_kind
 from batchline.storage import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,14 @@ def submit_pending(
     client: anthropic.Anthropic,
     layout: OutputLayout,
     job: JobConfig,
+    kind: Submission | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[LedgerEntry]:
-    """Submit every manifest request that needs a (further) attempt; return the new entries."""
+    """Submit the manifest requests of ``kind`` (None: new and retries); return the new entries.
+
+    At most ``job.max_batches_in_flight`` batches are left uncollected, so the API's queue limit
+    is respected; the caller collects and calls again while requests are pending.
+    """
     ledger = Ledger(layout)
     entries = ledger.entries()
     known = {e.batch_id for e in entries if e.batch_id}
@@ -61,7 +66,15 @@ def submit_pending(
             created.append(_record(ledger, entry, batch, adopted=True))
             known.add(batch.id)
     states = ledger.request_states()
-    for chunk in _pending_chunks(layout, job, states):
+    in_flight = sum(
+        1
+        for e in ledger.entries()
+        if e.batch_id and not layout.exists("collected", f"{e.batch_id}.parquet")
+    )
+    for chunk in _pending_chunks(layout, job, states, kind):
+        if in_flight >= job.max_batches_in_flight:
+            break
+        in_flight += 1
         entry = ledger.record_intent(chunk)
         failpoint("submit.intent")
         batch, adopted = create_or_adopt(client, entry, create_body(chunk), known, sleep)
@@ -145,35 +158,42 @@ def _record(ledger: Ledger, entry: LedgerEntry, batch: MessageBatch, adopted: bo
 
 
 def pending_parts(
-    layout: OutputLayout, job: JobConfig, states: dict[str, RequestState]
+    layout: OutputLayout,
+    job: JobConfig,
+    states: dict[str, RequestState],
+    kind: Submission | None = None,
 ) -> Iterator[pa.Table]:
-    """Each manifest part filtered to the requests that need a (further) attempt."""
+    """Each manifest part filtered to the requests to submit (of ``kind``; None: both)."""
     columns = ["custom_id", "params_hash", "request_bytes", "params_json"]
     for name in layout.names("manifest", ".parquet"):
         part = layout.read_table("manifest", name, columns=columns)
-        keep = [
-            needs_submission(states.get(cid), ph, job.max_attempts)
+        kinds = [
+            submission_kind(states.get(cid), ph, job.max_attempts)
             for cid, ph in zip(
                 part.column("custom_id").to_pylist(),
                 part.column("params_hash").to_pylist(),
                 strict=True,
             )
         ]
+        keep = [k is not None and (kind is None or k == kind) for k in kinds]
         yield part.filter(pa.array(keep, pa.bool_()))
 
 
-def count_pending(layout: OutputLayout, job: JobConfig) -> int:
-    """How many manifest requests the next submission would hold."""
+def count_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> int:
+    """How many manifest requests are still to be submitted (of ``kind``; None: both)."""
     states = Ledger(layout).request_states()
-    return sum(part.num_rows for part in pending_parts(layout, job, states))
+    return sum(part.num_rows for part in pending_parts(layout, job, states, kind))
 
 
 def _pending_chunks(
-    layout: OutputLayout, job: JobConfig, states: dict[str, RequestState]
+    layout: OutputLayout,
+    job: JobConfig,
+    states: dict[str, RequestState],
+    kind: Submission | None,
 ) -> Iterator[pa.Table]:
     """Pending requests, streamed part by part and cut into batch-sized tables."""
     carry: pa.Table | None = None
-    for part in pending_parts(layout, job, states):
+    for part in pending_parts(layout, job, states, kind):
         table = pa.concat_tables([carry, part]) if carry is not None else part
         ranges = split_batches(
             table.column("request_bytes").to_pylist(),

@@ -1,4 +1,4 @@
-"""The batchline pipeline: load → build → approve → (submit → wait → collect) per attempt → write.
+"""The batchline pipeline: load → build → submit → wait → collect → retry-failed → write-parquet.
 
 Every step is safe to run again from the top: cached steps come back Cached, and the submit
 ledger under the output root makes sure nothing already paid for is submitted twice. That is what
@@ -7,18 +7,26 @@ lets a deployed run suspend while its batches process and replay from the top wh
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from dataclasses import dataclass
+from itertools import count
+from typing import ParamSpec, TypeVar
+
+from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 
 from batchline.build import BuildSummary, check_submittable
-from batchline.config import DEFAULT_MODEL, SourceOptions
+from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
 from batchline.ledger import Ledger
+from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
 from batchline.write import RunSummary
+from flows.progress import outstanding_batch_ids
 from flows.storage import result_storage_for
 from flows.suspend import approve_spend, is_deployed, suspend_until_ended
 from flows.tasks import (
+    Waited,
     build_requests,
     client_for,
     collect,
@@ -28,6 +36,9 @@ from flows.tasks import (
     wait,
     write_parquet,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @flow(name="batchline-pipeline")
@@ -46,6 +57,8 @@ def batch_pipeline(
     id_column: str = "id",
     text_column: str = "text",
     shard_size: int = 10_000,
+    batch_size: int = MAX_REQUESTS_PER_BATCH,
+    max_batches_in_flight: int = 2,
     credentials_block: str | None = None,
     job_block: str | None = None,
     suspend_after_seconds: float = 300.0,
@@ -67,6 +80,8 @@ def batch_pipeline(
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,
         max_cost_usd=max_cost_usd,
+        max_requests_per_batch=batch_size,
+        max_batches_in_flight=max_batches_in_flight,
     )
     options = SourceOptions(id_column=id_column, text_column=text_column, shard_size=shard_size)
     if not dry_run:
@@ -83,22 +98,67 @@ def batch_pipeline(
         get_run_logger().info("dry run: %s", built.model_dump_json())
         return built
     approve_spend(built, job)
-    for attempt in range(1, job.max_attempts + 1):
-        if attempt > 1 and not count_pending(layout, job):
-            break
-        submit.with_options(result_storage=storage)(
-            layout.root, job, built, attempt, credentials_block
-        )
-        waited = wait(layout.root, job, credentials_block, give_up_after)
-        if not waited.ended and waited.expires_at is not None:
-            suspend_until_ended(waited.batch_ids, waited.expires_at)  # the process exits here
-        collect.with_options(result_storage=storage)(
-            layout.root, waited.batch_ids, credentials_block
-        )
+    run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
+    still_running = run.until_done("new")
+    if still_running is None:
+        still_running = on_this_task_runner(retry_failed)(run)
+    if still_running is not None and still_running.expires_at is not None:
+        suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
     batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
     summary = write_parquet.with_options(result_storage=storage)(layout.root, built, batch_ids)
     publish_summary(summary)
     return summary
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """submit → wait → collect, round after round, until no request of a kind is pending."""
+
+    output: str
+    job: JobConfig
+    built: BuildSummary
+    storage: str
+    credentials: str | None
+    give_up_after: float | None
+
+    def until_done(self, kind: Submission) -> Waited | None:
+        """Run rounds; return what is still processing when waiting gave up (deployed runs)."""
+        layout = OutputLayout(self.output)
+        for number in count(1):
+            # Batches a killed run left in flight are waited for and collected like new ones.
+            if not count_pending(layout, self.job, kind) and not outstanding_batch_ids(layout):
+                return None
+            submit.with_options(result_storage=self.storage)(
+                self.output, self.job, self.built, kind, number, self.credentials
+            )
+            waited = wait(self.output, self.job, self.credentials, self.give_up_after)
+            if not waited.ended:
+                return waited
+            collect.with_options(result_storage=self.storage).map(
+                unmapped(self.output), waited.batch_ids, unmapped(self.credentials)
+            ).result()
+        raise AssertionError("unreachable: count() never ends")
+
+
+@flow(name="retry-failed")
+def retry_failed(run: Rounds) -> Waited | None:
+    """Resubmit errored-retryable and expired requests with their original params.
+
+    Returns the batches still processing when a deployed run should suspend (a subflow cannot
+    suspend itself, so its parent does, and the replay after resume comes back here).
+    """
+    return run.until_done("retry")
+
+
+def on_this_task_runner(subflow: Flow[P, R]) -> Flow[P, R]:
+    """The subflow on the running flow's task runner (a subflow would start a default one).
+
+    A duplicated Dask runner finds the running cluster's client, so retries use the same workers.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.task_runner is None:
+        return subflow
+    return subflow.with_options(task_runner=context.task_runner.duplicate())
 
 
 def publish_summary(summary: RunSummary) -> None:

@@ -8,6 +8,7 @@ again), and INPUTS alone would collide across tasks.
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from batchline.collect import CollectedBatch, collect_batch
 from batchline.config import JobConfig, SourceOptions
 from batchline.ledger import Ledger
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
+from batchline.retry import Submission
 from batchline.storage import OutputLayout
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
@@ -49,11 +51,20 @@ def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str:
 
 
 def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("submit", p["output"], p["built"].fingerprint, p["job"].max_attempts, p["attempt"])
+    job = p["job"]
+    return _key(
+        "submit",
+        p["output"],
+        p["built"].fingerprint,
+        job.max_attempts,
+        job.max_batches_in_flight,
+        p["kind"],
+        p["round"],
+    )
 
 
 def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("collect", p["output"], *sorted(p["batch_ids"]))
+    return _key("collect", p["output"], p["batch_id"])
 
 
 def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
@@ -87,15 +98,21 @@ def build_requests(output: str, job: JobConfig, loaded: LoadSummary) -> BuildSum
 
 @task(
     name="submit",
-    task_run_name="submit-attempt-{attempt}",
+    task_run_name="submit-{kind}-{round}",
     cache_key_fn=_submit_key,
     persist_result=True,
 )
 def submit(
-    output: str, job: JobConfig, built: BuildSummary, attempt: int, credentials: str | None
+    output: str,
+    job: JobConfig,
+    built: BuildSummary,
+    kind: Submission,
+    round: int,
+    credentials: str | None,
 ) -> list[str]:
-    entries = submit_pending(client_for(credentials), OutputLayout(output), job)
-    get_run_logger().info("attempt %d: submitted %d batches", attempt, len(entries))
+    """Submit pending requests of ``kind``; ``round`` numbers the calls, so each has its key."""
+    entries = submit_pending(client_for(credentials), OutputLayout(output), job, kind)
+    get_run_logger().info("%s requests, round %d: submitted %d batches", kind, round, len(entries))
     return [e.batch_id for e in entries if e.batch_id]
 
 
@@ -136,17 +153,22 @@ def wait(
     )
 
 
-@task(name="collect", cache_key_fn=_collect_key, persist_result=True)
-def collect(output: str, batch_ids: list[str], credentials: str | None) -> list[CollectedBatch]:
+@task(
+    name="collect",
+    task_run_name="collect-{batch_id}",
+    cache_key_fn=_collect_key,
+    persist_result=True,
+)
+def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBatch:
+    """Download one ended batch's results; batches are mapped, so they download concurrently."""
     layout = OutputLayout(output)
     ledger = Ledger(layout)
-    expected = {e.batch_id: e for e in ledger.entries() if e.batch_id in batch_ids}
-    client = client_for(credentials)
-    collected = []
-    for batch_id in batch_ids:
-        ids = set(ledger.request_ids(expected[batch_id]).column("custom_id").to_pylist())
-        collected.append(collect_batch(client, layout, batch_id, ids))
-        get_run_logger().info("collected %s: %s", batch_id, collected[-1].by_status)
+    [entry] = [e for e in ledger.entries() if e.batch_id == batch_id]
+    ids = set(ledger.request_ids(entry).column("custom_id").to_pylist())
+    collected = collect_batch(client_for(credentials), layout, batch_id, ids)
+    get_run_logger().info(
+        "collected %s in process %d: %s", batch_id, os.getpid(), collected.by_status
+    )
     return collected
 
 
@@ -161,7 +183,13 @@ def write_parquet(output: str, built: BuildSummary, batch_ids: list[str]) -> Run
 
 # Settings of one run rather than of the job: they come from the flow's parameters even when a
 # saved BatchJob supplies the rest.
-RUN_SETTINGS = ("poll_interval", "max_poll_interval", "max_cost_usd")
+RUN_SETTINGS = (
+    "poll_interval",
+    "max_poll_interval",
+    "max_cost_usd",
+    "max_requests_per_batch",
+    "max_batches_in_flight",
+)
 
 
 def job_config_for(job_block: str | None, **settings: Any) -> JobConfig:

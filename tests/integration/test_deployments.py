@@ -164,7 +164,7 @@ def test_a_deployed_run_suspends_and_the_sentinel_resumes_it_when_its_batch_ends
     assert sorted(pd.read_parquet(output / "results").doc_id) == sorted(docs)
     # The resumed run replayed from the top: every step finished before the suspend was Cached.
     states = _task_states(run)
-    for step in ("load-documents", "build-requests", "submit-attempt-1"):
+    for step in ("load-documents", "build-requests", "submit-new-1"):
         assert sorted(states[step]) == ["Cached", "Completed"], (step, states)
     assert sorted(states["wait"]) == ["Completed", "Completed"]
     assert states["collect"] == ["Completed"]
@@ -320,7 +320,7 @@ def _task_states(run: UUID) -> dict[str, list[str]]:
     states: dict[str, list[str]] = {}
     for task_run in task_runs:
         name = task_run.name
-        if not name.startswith("submit-attempt-"):  # named by attempt, not by a random suffix
+        if not name.startswith("submit-"):  # named by kind and round, not a random suffix
             name = name.rsplit("-", 1)[0]
         states.setdefault(name, []).append(str(task_run.state.name if task_run.state else None))
     return {name: sorted(found) for name, found in states.items()}
