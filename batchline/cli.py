@@ -7,13 +7,19 @@ by the commands that run a flow, so `batchline emulator` and `--help` start fast
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
 from rich.table import Table
 
 from batchline.config import DEFAULT_MODEL
@@ -107,25 +113,26 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.force:
             release_output(OutputLayout(args.output))
-        result = batch_pipeline(
-            source=args.source,
-            output=args.output,
-            model=args.model,
-            max_tokens=args.max_tokens,
-            template=args.template,
-            system=args.system,
-            max_attempts=args.max_attempts,
-            poll_interval=args.poll_interval,
-            max_poll_interval=args.max_poll_interval,
-            max_cost_usd=args.max_cost_usd,
-            dry_run=args.dry_run,
-            id_column=args.id_column,
-            text_column=args.text_column,
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            max_batches_in_flight=args.max_batches_in_flight,
-            credentials_block=args.credentials_block,
-        )
+        with live_status():
+            result = batch_pipeline(
+                source=args.source,
+                output=args.output,
+                model=args.model,
+                max_tokens=args.max_tokens,
+                template=args.template,
+                system=args.system,
+                max_attempts=args.max_attempts,
+                poll_interval=args.poll_interval,
+                max_poll_interval=args.max_poll_interval,
+                max_cost_usd=args.max_cost_usd,
+                dry_run=args.dry_run,
+                id_column=args.id_column,
+                text_column=args.text_column,
+                shard_size=args.shard_size,
+                batch_size=args.batch_size,
+                max_batches_in_flight=args.max_batches_in_flight,
+                credentials_block=args.credentials_block,
+            )
     except (ConfigError, ValidationError) as exc:
         console.print(f"[bold red]batchline: {exc}[/]")
         return 2
@@ -134,6 +141,55 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     _print_result(result)
     return 0
+
+
+class _StatusLine(logging.Handler):
+    """Prints each run log line above a live status line that shows the step's latest news."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(logging.INFO)
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        step = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", "")
+        message = escape(record.getMessage())
+        when = datetime.fromtimestamp(record.created)
+        self.status.console.print(f"[dim]{when:%H:%M:%S}[/] [bold]{step}[/] {message}")
+        self.status.update(f"[bold]{step}[/] {message}"[:160])
+
+
+@contextmanager
+def live_status() -> Iterator[None]:
+    """On a terminal, the run's log lines with a live status line under them.
+
+    Prefect's own console handler would write around the status line, so while it shows, that
+    handler keeps only warnings and this one prints the rest. Piped or in CI nothing changes:
+    Prefect's plain log lines.
+    """
+    terminal = Console(stderr=True)
+    if not terminal.is_terminal:
+        yield
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    prefect_console = [
+        h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)
+    ]
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    levels = [h.level for h in prefect_console]
+    with terminal.status("starting the flow run", spinner="dots") as status:
+        handler = _StatusLine(status)
+        for logger in loggers:
+            logger.addHandler(handler)
+        for console_handler in prefect_console:
+            console_handler.setLevel(max(console_handler.level, logging.WARNING))
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+            for console_handler, level in zip(prefect_console, levels, strict=True):
+                console_handler.setLevel(level)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -160,7 +216,7 @@ def _demo(args: argparse.Namespace) -> int:
                     "--template",
                     "Summarize in one sentence: {text}",
                     "--system",
-                    "You are a concise analyst.",
+                    demo_system_prompt(),
                     "--poll-interval",
                     "0.5",
                     "--max-poll-interval",
@@ -168,6 +224,11 @@ def _demo(args: argparse.Namespace) -> int:
                 ]
             )
         )
+
+
+def demo_system_prompt() -> str:
+    """The demo's long shared instructions: long enough for the prompt cache to take them."""
+    return resources.files("batchline").joinpath("data/demo-system-prompt.txt").read_text("utf-8")
 
 
 def demo_documents() -> str:
