@@ -12,18 +12,27 @@ same functions.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+
+from batchline import local
+from batchline.local import free_port, stop, wait_for
+
+# What the integration tests start and stop their stack with.
+__all__ = [
+    "client_env",
+    "create_pool",
+    "deploy",
+    "free_port",
+    "start_emulator",
+    "start_server",
+    "start_worker",
+    "stop",
+    "wait_for",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,42 +40,18 @@ POOL = "batchline-process"
 STATE = REPO / ".batchline-stack"
 # The emulator never checks keys; this one only keeps the SDK from refusing to start.
 EMULATOR_KEY = "sk-ant-local-emulator-not-a-real-key"
-_LISTENING = re.compile(r"listening on (http://\S+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
     """Environment of a Prefect client (CLI, worker, flow runs) talking to ``api_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return env | {
-        "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        **extra,
-    }
+    return local.prefect_env(home, PREFECT_API_URL=api_url, **extra)
 
 
 def start_server(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `prefect server start` on ``port``; returns the process and its API URL.
-
-    The UI is told its own API address: on any port but 4200 it would otherwise show
-    "Can't connect to Server API".
-    """
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = client_env(api_url, home, PREFECT_UI_API_URL=api_url)
-    env.pop("PREFECT_API_URL")  # the server serves the API; it is no client of one
+    """Start `prefect server start` with its UI on ``port``; returns the process and API URL."""
     database = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
-    if database:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
-    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    process = _spawn(command, env, log)
-    wait_for(lambda: _healthy(api_url), 180, f"the Prefect server (log: {log})", process)
-    return process, api_url
+    settings = {"PREFECT_API_DATABASE_CONNECTION_URL": database} if database else {}
+    return local.start_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
 
 
 def create_pool(env: dict[str, str]) -> None:
@@ -75,28 +60,15 @@ def create_pool(env: dict[str, str]) -> None:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A process worker on the pool; each flow run becomes its own subprocess."""
-    return _spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, log)
+    return local.spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, log, REPO)
 
 
 def start_emulator(
     db: Path, log: Path, processing_seconds: float, port: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
     """The Message Batches API emulator with its state in ``db``; returns its base URL."""
-    command = [
-        str(BIN / "batchline"),
-        "emulator",
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-        "--processing-seconds",
-        str(processing_seconds),
-    ]
-    process = _spawn(command, dict(os.environ), log)
-    wait_for(lambda: _LISTENING.search(log.read_text()), 60, "the emulator", process)
-    match = _LISTENING.search(log.read_text())
-    assert match is not None
-    return process, match.group(1)
+    options = ["--db", str(db), "--processing-seconds", str(processing_seconds)]
+    return local.start_emulator(*options, port=port, log=log)
 
 
 def deploy(env: dict[str, str], *names: str) -> None:
@@ -112,70 +84,6 @@ def prefect(args: list[str], env: dict[str, str]) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-
-
-def stop(*processes: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Stop processes started here and everything they started (their own process groups)."""
-    for process in processes:
-        _signal_group(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:  # the leader may be gone while its children linger
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def stop_groups(pids: list[int], grace: float = 10.0) -> None:
-    """Like ``stop``, for process groups started by an earlier command (``up``)."""
-    for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_signal_group(pid, 0) for pid in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
-
-
-def _signal_group(pid: int, signum: int) -> bool:
-    """Send ``signum`` to the process group led by ``pid``; False when the group is gone."""
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(
-    ready: Callable[[], object],
-    timeout: float,
-    what: str,
-    process: subprocess.Popen[bytes] | None = None,
-) -> None:
-    """Poll ``ready`` until truthy; fail early if ``process`` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} was not ready within {timeout:.0f}s")
-        time.sleep(0.3)
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def up(args: argparse.Namespace) -> int:
@@ -217,7 +125,7 @@ def down(_: argparse.Namespace) -> int:
         print("no stack is up", file=sys.stderr)
         return 0
     pids = json.loads(pids_file.read_text())
-    stop_groups(list(pids.values()))
+    local.stop_groups(list(pids.values()))
     for name, pid in pids.items():
         print(f"stopped {name} ({pid})")
     pids_file.unlink()

@@ -1,0 +1,219 @@
+"""Local processes for development, tests and benchmarks: free ports, Prefect server, emulator.
+
+Each process runs in its own process group (``start_new_session``) so that ``stop`` ends it
+together with whatever it started. Prefect is only ever run as ``python -m prefect``: this
+module imports nothing of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+_LISTENING = re.compile(r"^batchline emulator listening on (http://\S+)$", re.M)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prefect_env(home: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without its PREFECT_ settings, with ``home`` and ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **settings,
+    }
+
+
+def start_prefect_server(
+    home: Path,
+    port: int | None = None,
+    *,
+    ui: bool = True,
+    services: bool = True,
+    log: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `prefect server start` (state under ``home``) and wait until its API is healthy.
+
+    Returns the process and its API URL. ``port`` None takes a free one; ``services`` False
+    leaves out the scheduler and late-runs services; ``settings`` are extra PREFECT_ variables.
+    The UI is told its own API address: on any port but 4200 it would otherwise show "Can't
+    connect to Server API".
+    """
+    port = free_port() if port is None else port
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(home, **(settings or {}))
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if ui:
+        env["PREFECT_UI_API_URL"] = api_url
+    else:
+        command.append("--no-ui")
+    if not services:
+        command += ["--no-scheduler", "--no-late-runs"]
+    home.mkdir(parents=True, exist_ok=True)
+    process = spawn(command, env, log, cwd)
+    _await(process, lambda: _healthy(api_url), timeout, "the Prefect server", log)
+    return process, api_url
+
+
+@contextlib.contextmanager
+def prefect_server(
+    home: Path,
+    *,
+    ui: bool = True,
+    services: bool = True,
+    log: Path | None = None,
+    timeout: float = 180,
+) -> Iterator[str]:
+    """A Prefect server on a free port for the ``with`` block; yields its API URL."""
+    process, api_url = start_prefect_server(
+        home, ui=ui, services=services, log=log, timeout=timeout
+    )
+    try:
+        yield api_url
+    finally:
+        stop(process, grace=30)
+
+
+def start_emulator(
+    *options: str, port: int = 0, log: Path | None = None, timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the emulator CLI (`python -m batchline.emulator`) with ``options``.
+
+    Returns the process and the base URL it announces. With ``log`` its output is appended
+    there; without, its stdout is a pipe the caller may read on.
+    """
+    command = [sys.executable, "-m", "batchline.emulator", "--port", str(port), *options]
+    if log is None:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
+        assert process.stdout is not None
+        announced = _LISTENING.search(process.stdout.readline().decode())
+    else:
+        start = log.stat().st_size if log.exists() else 0
+
+        def announcement() -> re.Match[str] | None:
+            with log.open("rb") as out:
+                out.seek(start)
+                return _LISTENING.search(out.read().decode(errors="replace"))
+
+        process = spawn(command, dict(os.environ), log)
+        _await(process, announcement, timeout, "the emulator", log)
+        announced = announcement()
+    if announced is None:
+        stop(process)
+        raise RuntimeError(f"the emulator did not announce its URL (exit code {process.poll()})")
+    return process, announced[1]
+
+
+@contextlib.contextmanager
+def emulator_process(*options: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The emulator CLI for the ``with`` block; yields the process and its base URL."""
+    process, base_url = start_emulator(*options, port=port)
+    try:
+        yield process, base_url
+    finally:
+        stop(process)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def wait_for(
+    ready: Callable[[], object],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll ``ready`` until truthy; fail early if ``process`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} was not ready within {timeout:.0f}s")
+        time.sleep(0.3)
+
+
+def stop(*processes: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop processes started here and everything they started (their own process groups)."""
+    for process in processes:
+        _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:  # the leader may be gone while its children linger
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def stop_groups(pids: list[int], grace: float = 10.0) -> None:
+    """Like ``stop``, for process groups another process started (no children of this one)."""
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_signal_group(pid, 0) for pid in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
+
+
+def spawn(
+    command: list[str], env: dict[str, str], log: Path | None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``command`` in its own process group, its output appended to ``log`` (or discarded)."""
+    with log.open("ab") if log else open(os.devnull, "wb") as out:
+        return subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _signal_group(pid: int, signum: int) -> bool:
+    """Send ``signum`` to the process group led by ``pid``; False when the group is gone."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _await(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], object],
+    timeout: float,
+    what: str,
+    log: Path | None,
+) -> None:
+    """``wait_for``; on failure stop ``process`` and attach the tail of its log to the error."""
+    try:
+        wait_for(ready, timeout, what, process)
+    except BaseException as error:
+        stop(process)
+        if log is not None:
+            error.add_note(f"{log}:\n{log.read_text(errors='replace')[-4000:]}")
+        raise
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
