@@ -1,17 +1,12 @@
-"""Helpers shared by the test modules: documents, the CLI in a subprocess, a Prefect server."""
+"""Helpers shared by the test modules: documents, the CLI in a subprocess, result invariants."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import orjson
 import pandas as pd
 
@@ -90,65 +85,6 @@ def submitted_batches(output: Path) -> list[str]:
         return []
     entries = [orjson.loads(p.read_bytes()) for p in ledger.glob("*.json")]
     return [e["batch_id"] for e in entries if e.get("batch_id")]
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def prefect_server_process(home: Path, timeout: float = 120) -> Iterator[str]:
-    """A `prefect server start` subprocess (SQLite under ``home``); yields its API URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    home.mkdir(parents=True, exist_ok=True)
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-            "--no-scheduler",
-            "--no-late-runs",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError((home / "server.log").read_text())
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prefect server did not start in {timeout} s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def assert_complete_and_paid_once(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchline.emulator import Emulator
-from tests.support import cli_env, prefect_server_process, write_documents
+from batchline.local import prefect_server
+from tests.support import cli_env, write_documents
 
 CORPUS_SIZE = 20
 
@@ -22,7 +24,8 @@ def prefect_server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api_url(prefect_server_home: Path) -> Iterator[str]:
     """A `prefect server start` shared by the suite: CLI runs skip the 15 s temporary server."""
-    with prefect_server_process(prefect_server_home) as url:
+    log = prefect_server_home / "server.log"
+    with prefect_server(prefect_server_home, ui=False, services=False, log=log, timeout=120) as url:
         yield url
 
 
@@ -48,10 +51,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
 
 
 @pytest.fixture
-def env_for(tmp_path: Path, prefect_api_url: str) -> Callable[[Emulator], dict[str, str]]:
-    """The environment of a CLI run against an emulator and the shared Prefect server."""
+def emulator_env(
+    tmp_path: Path, prefect_api_url: str, emulator_factory: Callable[..., Emulator]
+) -> Callable[..., tuple[Emulator, dict[str, str]]]:
+    """`emulator_env(**settings)`: an emulator, and the environment of a CLI run against it and
+    the shared Prefect server."""
 
-    def make(emulator: Emulator) -> dict[str, str]:
-        return cli_env(emulator, tmp_path / "prefect-home", prefect_api_url)
+    def start(**settings: Any) -> tuple[Emulator, dict[str, str]]:
+        emulator = emulator_factory(**settings)
+        return emulator, cli_env(emulator, tmp_path / "prefect-home", prefect_api_url)
 
-    return make
+    return start

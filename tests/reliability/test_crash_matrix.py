@@ -40,12 +40,10 @@ def test_killed_at_failpoint_then_rerun_loses_nothing_and_pays_once(
     point: str,
     corpus: tuple[Path, set[str]],
     tmp_path: Path,
-    emulator_factory: Callable[..., Emulator],
-    env_for: Callable[[Emulator], dict[str, str]],
+    emulator_env: Callable[..., tuple[Emulator, dict[str, str]]],
 ) -> None:
     source, doc_ids = corpus
-    emulator = emulator_factory(seed=7)
-    env = env_for(emulator)
+    emulator, env = emulator_env(seed=7)
     output = tmp_path / "out"
 
     code, printed = finish(run_cli(source, output, {**env, ENV_VAR: point}))

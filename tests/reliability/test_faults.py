@@ -57,14 +57,13 @@ def test_emulator_faults_end_with_one_row_per_document_each_paid_once(
     fault: str,
     corpus: tuple[Path, set[str]],
     tmp_path: Path,
-    emulator_factory: Callable[..., Emulator],
-    env_for: Callable[[Emulator], dict[str, str]],
+    emulator_env: Callable[..., tuple[Emulator, dict[str, str]]],
 ) -> None:
     settings, extra = FAULTS[fault]
     source, doc_ids = corpus
-    emulator = emulator_factory(**{"seed": 11, **settings})
+    emulator, env = emulator_env(**{"seed": 11, **settings})
 
-    table, printed = _run_to_the_end(source, tmp_path / "out", env_for(emulator), *extra)
+    table, printed = _run_to_the_end(source, tmp_path / "out", env, *extra)
 
     assert_complete_and_paid_once(table, emulator, doc_ids)
     stats = emulator.stats()
@@ -86,13 +85,12 @@ def test_emulator_faults_end_with_one_row_per_document_each_paid_once(
 def test_emulator_restarted_mid_wait_on_its_database(
     corpus: tuple[Path, set[str]],
     tmp_path: Path,
-    emulator_factory: Callable[..., Emulator],
-    env_for: Callable[[Emulator], dict[str, str]],
+    emulator_env: Callable[..., tuple[Emulator, dict[str, str]]],
 ) -> None:
     source, doc_ids = corpus
-    emulator = emulator_factory(processing_seconds=4, db_path=str(tmp_path / "emulator.sqlite"))
+    emulator, env = emulator_env(processing_seconds=4, db_path=str(tmp_path / "emulator.sqlite"))
     port = emulator.port
-    run = run_cli(source, tmp_path / "out", env_for(emulator))
+    run = run_cli(source, tmp_path / "out", env)
     deadline = time.monotonic() + 120
     while not submitted_batches(tmp_path / "out"):
         assert run.poll() is None, finish(run)[1]
@@ -113,12 +111,10 @@ def test_emulator_restarted_mid_wait_on_its_database(
 def test_resume_after_the_results_retention_names_what_was_lost(
     corpus: tuple[Path, set[str]],
     tmp_path: Path,
-    emulator_factory: Callable[..., Emulator],
-    env_for: Callable[[Emulator], dict[str, str]],
+    emulator_env: Callable[..., tuple[Emulator, dict[str, str]]],
 ) -> None:
     source, doc_ids = corpus
-    emulator = emulator_factory(results_retention_seconds=2)
-    env = env_for(emulator)
+    emulator, env = emulator_env(results_retention_seconds=2)
     code, printed = finish(run_cli(source, tmp_path / "out", {**env, ENV_VAR: "wait.polled"}))
     assert code == -signal.SIGKILL, printed
     [batch_id] = submitted_batches(tmp_path / "out")
