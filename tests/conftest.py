@@ -22,13 +22,18 @@ def prefect_server() -> Iterator[None]:
 
 
 @pytest.fixture
-def emulator_factory() -> Iterator[Callable[..., Emulator]]:
-    """Start emulators with the given settings; all are stopped after the test."""
+def emulator_defaults() -> dict[str, Any]:
+    """Settings of every `emulator_factory` emulator that its test does not name."""
+    return {"processing_seconds": 0.2}
+
+
+@pytest.fixture
+def emulator_factory(emulator_defaults: dict[str, Any]) -> Iterator[Callable[..., Emulator]]:
+    """`emulator_factory(**settings)` starts an emulator; all are stopped after the test."""
     started: list[Emulator] = []
 
     def start(**settings: Any) -> Emulator:
-        settings.setdefault("processing_seconds", 0.2)
-        emulator = Emulator(EmulatorConfig(**settings))
+        emulator = Emulator(EmulatorConfig(**(emulator_defaults | settings)))
         emulator.start()
         started.append(emulator)
         return emulator

@@ -1,17 +1,16 @@
-"""Fixtures for the emulator tests: emulators on real loopback sockets and SDK clients for them."""
+"""Fixtures for the emulator tests: quick emulator defaults and SDK clients for them."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import pytest
 
-from batchline.emulator import Emulator, EmulatorConfig
+from batchline.emulator import Emulator
 
-EmulatorFactory = Callable[..., Emulator]
 ClientFactory = Callable[..., anthropic.Anthropic]
 RequestsFactory = Callable[..., list[dict[str, Any]]]
 WaitEnded = Callable[..., Any]
@@ -25,21 +24,9 @@ def _fast_sdk_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorFactory]:
-    """`emulator(**settings)` starts an emulator (fast by default); all stop after the test."""
-    started: list[Emulator] = []
-
-    def start(**settings: Any) -> Emulator:
-        settings.setdefault("processing_seconds", 0.1)
-        settings.setdefault("cancel_seconds", 0.05)
-        instance = Emulator(EmulatorConfig(**settings))
-        instance.start()
-        started.append(instance)
-        return instance
-
-    yield start
-    for instance in started:
-        instance.stop()
+def emulator_defaults() -> dict[str, Any]:
+    """Quicker batches and cancels than the suite's default: these tests wait on many of them."""
+    return {"processing_seconds": 0.1, "cancel_seconds": 0.05}
 
 
 @pytest.fixture

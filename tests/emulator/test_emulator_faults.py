@@ -10,9 +10,9 @@ import pytest
 
 
 def test_error_rate_of_one_errors_every_request_with_that_type(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(error_rates={"overloaded_error": 1.0})
+    emu = emulator_factory(error_rates={"overloaded_error": 1.0})
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(5))
 
@@ -26,7 +26,7 @@ def test_error_rate_of_one_errors_every_request_with_that_type(
 
 
 def test_mixed_rates_split_requests_by_type_reproducibly(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
     settings = {
         "seed": 3,
@@ -35,7 +35,7 @@ def test_mixed_rates_split_requests_by_type_reproducibly(
     }
     outcomes = []
     for _ in range(2):
-        emu = emulator(**settings)
+        emu = emulator_factory(**settings)
         batches = client(emu).messages.batches
         batch = batches.create(requests=make_requests(200))
         ended = wait_ended(batches, batch.id)
@@ -55,9 +55,9 @@ def test_mixed_rates_split_requests_by_type_reproducibly(
 
 
 def test_a_failed_request_can_succeed_when_resubmitted_in_a_new_batch(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(seed=11, error_rates={"overloaded_error": 0.5})
+    emu = emulator_factory(seed=11, error_rates={"overloaded_error": 0.5})
     batches = client(emu).messages.batches
     first = batches.create(requests=make_requests(40))
     wait_ended(batches, first.id)
@@ -81,9 +81,9 @@ def test_a_failed_request_can_succeed_when_resubmitted_in_a_new_batch(
     ],
 )
 def test_http_faults_reach_a_client_that_does_not_retry(
-    emulator, client, make_requests, status, error_class, error_type
+    emulator_factory, client, make_requests, status, error_class, error_type
 ) -> None:
-    emu = emulator(http_error_rates={status: 1.0}, retry_after_seconds=7)
+    emu = emulator_factory(http_error_rates={status: 1.0}, retry_after_seconds=7)
     batches = client(emu, max_retries=0).messages.batches
 
     with pytest.raises(error_class) as caught:
@@ -97,8 +97,10 @@ def test_http_faults_reach_a_client_that_does_not_retry(
     assert (stats["create_calls"], stats["batches_created"], stats["http_faults"]) == (1, 0, 1)
 
 
-def test_the_sdk_retries_through_http_faults(emulator, client, make_requests, wait_ended) -> None:
-    emu = emulator(
+def test_the_sdk_retries_through_http_faults(
+    emulator_factory, client, make_requests, wait_ended
+) -> None:
+    emu = emulator_factory(
         seed=5, http_error_rates={429: 0.2, 500: 0.1, 529: 0.1}, retry_after_seconds=0.001
     )
     batches = client(emu, max_retries=10).messages.batches
@@ -114,9 +116,9 @@ def test_the_sdk_retries_through_http_faults(emulator, client, make_requests, wa
     assert stats["batches_created"] == 1
 
 
-def test_http_faults_are_a_function_of_seed_and_call_number(emulator) -> None:
+def test_http_faults_are_a_function_of_seed_and_call_number(emulator_factory) -> None:
     def fault_pattern() -> list[int]:
-        emu = emulator(seed=9, http_error_rates={500: 0.5})
+        emu = emulator_factory(seed=9, http_error_rates={500: 0.5})
         url = f"{emu.base_url}/v1/messages/batches"
         headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
         return [httpx2.get(url, headers=headers).status_code for _ in range(12)]
@@ -128,9 +130,9 @@ def test_http_faults_are_a_function_of_seed_and_call_number(emulator) -> None:
 
 
 def test_a_lost_create_makes_a_retrying_client_create_twice(
-    emulator, client, make_requests
+    emulator_factory, client, make_requests
 ) -> None:
-    emu = emulator(lose_creates=1)
+    emu = emulator_factory(lose_creates=1)
     batches = client(emu, max_retries=2).messages.batches
 
     batch = batches.create(requests=make_requests(3))
@@ -143,9 +145,9 @@ def test_a_lost_create_makes_a_retrying_client_create_twice(
 
 
 def test_a_lost_create_without_retries_raises_but_the_batch_exists(
-    emulator, client, make_requests
+    emulator_factory, client, make_requests
 ) -> None:
-    emu = emulator(lose_creates=1)
+    emu = emulator_factory(lose_creates=1)
     batches = client(emu, max_retries=0).messages.batches
 
     with pytest.raises(anthropic.InternalServerError):
@@ -156,9 +158,9 @@ def test_a_lost_create_without_retries_raises_but_the_batch_exists(
 
 
 def test_a_cut_download_breaks_the_sdk_iteration_then_the_next_one_is_whole(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(cut_results=1)
+    emu = emulator_factory(cut_results=1)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(30))
     wait_ended(batches, batch.id)

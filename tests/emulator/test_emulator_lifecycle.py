@@ -15,8 +15,10 @@ from batchline.emulator import Emulator, EmulatorConfig
 AUTH = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 
 
-def test_create_then_retrieve_until_ended(emulator, client, make_requests, wait_ended) -> None:
-    emu = emulator(processing_seconds=0.3, expiry_seconds=3600)
+def test_create_then_retrieve_until_ended(
+    emulator_factory, client, make_requests, wait_ended
+) -> None:
+    emu = emulator_factory(processing_seconds=0.3, expiry_seconds=3600)
     batches = client(emu).messages.batches
 
     created = batches.create(requests=make_requests(7))
@@ -42,9 +44,9 @@ def test_create_then_retrieve_until_ended(emulator, client, make_requests, wait_
 
 
 def test_results_cover_every_request_out_of_request_order(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator()
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     requests = make_requests(20)
     batch = batches.create(requests=requests)
@@ -60,9 +62,9 @@ def test_results_cover_every_request_out_of_request_order(
 
 
 def test_results_jsonl_is_newline_terminated_without_blank_lines(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator()
+    emu = emulator_factory()
     sdk = client(emu)
     batch = sdk.messages.batches.create(requests=make_requests(5))
     ended = wait_ended(sdk.messages.batches, batch.id)
@@ -77,8 +79,8 @@ def test_results_jsonl_is_newline_terminated_without_blank_lines(
     assert b"\n\n" not in raw.content
 
 
-def test_list_walks_every_page_newest_first(emulator, client, make_requests) -> None:
-    emu = emulator()
+def test_list_walks_every_page_newest_first(emulator_factory, client, make_requests) -> None:
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     ids = [batches.create(requests=make_requests(1, prefix=f"b{n}")).id for n in range(5)]
 
@@ -91,8 +93,8 @@ def test_list_walks_every_page_newest_first(emulator, client, make_requests) -> 
     assert walked == ids[::-1]
 
 
-def test_list_cursors(emulator, client, make_requests) -> None:
-    emu = emulator()
+def test_list_cursors(emulator_factory, client, make_requests) -> None:
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     ids = [batches.create(requests=make_requests(1, prefix=f"b{n}")).id for n in range(5)]
 
@@ -109,8 +111,8 @@ def test_list_cursors(emulator, client, make_requests) -> None:
 
 
 @pytest.mark.parametrize("limit", [0, 1001])
-def test_list_limit_out_of_range_is_rejected(emulator, client, limit) -> None:
-    emu = emulator()
+def test_list_limit_out_of_range_is_rejected(emulator_factory, client, limit) -> None:
+    emu = emulator_factory()
 
     with pytest.raises(anthropic.BadRequestError) as caught:
         client(emu).messages.batches.list(limit=limit)
@@ -120,9 +122,9 @@ def test_list_limit_out_of_range_is_rejected(emulator, client, limit) -> None:
 
 
 def test_cancel_moves_to_canceling_then_ended_with_canceled_results(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(processing_seconds=5, cancel_seconds=0.2)
+    emu = emulator_factory(processing_seconds=5, cancel_seconds=0.2)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(4))
 
@@ -138,8 +140,10 @@ def test_cancel_moves_to_canceling_then_ended_with_canceled_results(
     assert [r.result.type for r in batches.results(batch.id)] == ["canceled"] * 4
 
 
-def test_cancel_of_an_ended_batch_is_rejected(emulator, client, make_requests, wait_ended) -> None:
-    emu = emulator()
+def test_cancel_of_an_ended_batch_is_rejected(
+    emulator_factory, client, make_requests, wait_ended
+) -> None:
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(1))
     wait_ended(batches, batch.id)
@@ -151,9 +155,9 @@ def test_cancel_of_an_ended_batch_is_rejected(emulator, client, make_requests, w
 
 
 def test_cancel_with_a_rate_keeps_what_was_processed(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(requests_per_second=20, cancel_seconds=0.05)
+    emu = emulator_factory(requests_per_second=20, cancel_seconds=0.05)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(100))
     time.sleep(0.3)
@@ -170,9 +174,9 @@ def test_cancel_with_a_rate_keeps_what_was_processed(
 
 
 def test_rate_and_short_expiry_expire_the_unprocessed_tail(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(requests_per_second=20, expiry_seconds=0.25)
+    emu = emulator_factory(requests_per_second=20, expiry_seconds=0.25)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(10))
 
@@ -184,8 +188,8 @@ def test_rate_and_short_expiry_expire_the_unprocessed_tail(
     assert results == {f"req-{i}": "succeeded" if i < 5 else "expired" for i in range(10)}
 
 
-def test_delete_needs_an_ended_batch(emulator, client, make_requests, wait_ended) -> None:
-    emu = emulator(processing_seconds=0.3)
+def test_delete_needs_an_ended_batch(emulator_factory, client, make_requests, wait_ended) -> None:
+    emu = emulator_factory(processing_seconds=0.3)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(2))
 
@@ -201,8 +205,8 @@ def test_delete_needs_an_ended_batch(emulator, client, make_requests, wait_ended
     assert [b.id for b in batches.list()] == []
 
 
-def test_unknown_batch_is_404_everywhere(emulator, client) -> None:
-    emu = emulator()
+def test_unknown_batch_is_404_everywhere(emulator_factory, client) -> None:
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     missing = "msgbatch_01NoSuchBatchAtAllHere00"
 
@@ -216,8 +220,8 @@ def test_unknown_batch_is_404_everywhere(emulator, client) -> None:
         }
 
 
-def test_results_before_the_end_are_404(emulator, client, make_requests) -> None:
-    emu = emulator(processing_seconds=5)
+def test_results_before_the_end_are_404(emulator_factory, client, make_requests) -> None:
+    emu = emulator_factory(processing_seconds=5)
     sdk = client(emu)
     batch = sdk.messages.batches.create(requests=make_requests(1))
 
@@ -230,9 +234,9 @@ def test_results_before_the_end_are_404(emulator, client, make_requests) -> None
 
 
 def test_archived_batches_keep_their_record_but_not_their_results(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(results_retention_seconds=0.5)
+    emu = emulator_factory(results_retention_seconds=0.5)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(1))
     wait_ended(batches, batch.id)
@@ -292,8 +296,10 @@ def test_a_batch_created_before_a_stop_ends_after_the_restart(
     assert ended.request_counts.succeeded == 2
 
 
-def test_stop_closes_idle_client_connections_promptly(emulator, client, make_requests) -> None:
-    emu = emulator()
+def test_stop_closes_idle_client_connections_promptly(
+    emulator_factory, client, make_requests
+) -> None:
+    emu = emulator_factory()
     sdk = client(emu, max_retries=0)
     sdk.messages.batches.create(requests=make_requests(1))  # leaves a pooled keep-alive connection
 
@@ -307,9 +313,9 @@ def test_stop_closes_idle_client_connections_promptly(emulator, client, make_req
 
 
 def test_a_batch_that_outlives_its_expiry_expires_whole(
-    emulator, client, make_requests, wait_ended
+    emulator_factory, client, make_requests, wait_ended
 ) -> None:
-    emu = emulator(processing_seconds=5, expiry_seconds=0.2)
+    emu = emulator_factory(processing_seconds=5, expiry_seconds=0.2)
     batches = client(emu).messages.batches
     batch = batches.create(requests=make_requests(3))
 
@@ -319,8 +325,10 @@ def test_a_batch_that_outlives_its_expiry_expires_whole(
     assert ended.ended_at == ended.expires_at
 
 
-def test_stats_endpoint_needs_no_key_and_is_never_faulted(emulator, client, make_requests) -> None:
-    emu = emulator(http_error_rates={500: 1.0})
+def test_stats_endpoint_needs_no_key_and_is_never_faulted(
+    emulator_factory, client, make_requests
+) -> None:
+    emu = emulator_factory(http_error_rates={500: 1.0})
     with pytest.raises(anthropic.InternalServerError):
         client(emu, max_retries=1).messages.batches.create(requests=make_requests(2))
 

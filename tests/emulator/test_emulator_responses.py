@@ -26,8 +26,8 @@ def _request(custom_id: str, **params: Any) -> dict[str, Any]:
     return {"custom_id": custom_id, "params": base}
 
 
-def test_a_succeeded_message_has_the_full_shape(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_a_succeeded_message_has_the_full_shape(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
     results = _run(client(emu).messages.batches, wait_ended, [_request("one")])
 
     result = results["one"]
@@ -45,9 +45,9 @@ def test_a_succeeded_message_has_the_full_shape(emulator, client, wait_ended) ->
 
 
 def test_same_params_give_the_same_text_and_quote_the_document(
-    emulator, client, wait_ended
+    emulator_factory, client, wait_ended
 ) -> None:
-    emu = emulator()
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     document = "The quarterly report of the Lighthouse Keepers' Guild, volume " + "IX " * 40
     other = "A completely different document about tides."
@@ -67,8 +67,8 @@ def test_same_params_give_the_same_text_and_quote_the_document(
     assert text_a != first["b"].message.content[0].text
 
 
-def test_the_quote_comes_from_the_last_user_message(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_the_quote_comes_from_the_last_user_message(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
     conversation = [
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "first answer"},
@@ -81,8 +81,8 @@ def test_the_quote_comes_from_the_last_user_message(emulator, client, wait_ended
     assert "second question" in text and "first question" not in text
 
 
-def test_small_max_tokens_truncates_the_reply(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_small_max_tokens_truncates_the_reply(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
 
     results = _run(client(emu).messages.batches, wait_ended, [_request("t", max_tokens=3)])
 
@@ -92,8 +92,8 @@ def test_small_max_tokens_truncates_the_reply(emulator, client, wait_ended) -> N
     assert message.usage.output_tokens == 3
 
 
-def test_a_stop_sequence_in_the_reply_stops_it(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_a_stop_sequence_in_the_reply_stops_it(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
 
     results = _run(
         client(emu).messages.batches, wait_ended, [_request("s", stop_sequences=["document"])]
@@ -108,8 +108,10 @@ def _cached_system(text: str, **marker: Any) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral", **marker}}]
 
 
-def test_a_cached_system_prompt_is_written_once_then_read(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_a_cached_system_prompt_is_written_once_then_read(
+    emulator_factory, client, wait_ended
+) -> None:
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     system = "You are a careful analyst. " * 200  # 5,400 characters: 1,350 tokens
     prefix_tokens = math.ceil(len(system) / 4)
@@ -130,8 +132,8 @@ def test_a_cached_system_prompt_is_written_once_then_read(emulator, client, wait
         assert usage.input_tokens == usages[0].input_tokens
 
 
-def test_the_cache_is_keyed_by_model_and_prefix(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_the_cache_is_keyed_by_model_and_prefix(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
     system = "Reference material. " * 300
     requests = [
         _request("haiku", system=_cached_system(system)),
@@ -148,8 +150,10 @@ def test_the_cache_is_keyed_by_model_and_prefix(emulator, client, wait_ended) ->
     assert results["hour"].message.usage.cache_creation.ephemeral_1h_input_tokens > 0
 
 
-def test_a_prefix_shorter_than_the_minimum_is_not_cached(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_a_prefix_shorter_than_the_minimum_is_not_cached(
+    emulator_factory, client, wait_ended
+) -> None:
+    emu = emulator_factory()
     system = _cached_system("Too short to cache.")
     requests = [_request("x", system=system), _request("y", system=system)]
 
@@ -160,8 +164,8 @@ def test_a_prefix_shorter_than_the_minimum_is_not_cached(emulator, client, wait_
         assert (usage.cache_creation_input_tokens, usage.cache_read_input_tokens) == (0, 0)
 
 
-def test_a_forced_tool_answers_with_tool_use(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_a_forced_tool_answers_with_tool_use(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
     tool = {
         "name": "record_summary",
         "description": "Store a summary.",
@@ -210,8 +214,10 @@ def test_a_forced_tool_answers_with_tool_use(emulator, client, wait_ended) -> No
     assert results["auto"].message.content[0].type == "text"
 
 
-def test_forcing_an_unknown_tool_is_an_errored_request(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_forcing_an_unknown_tool_is_an_errored_request(
+    emulator_factory, client, wait_ended
+) -> None:
+    emu = emulator_factory()
     tool = {"name": "a", "input_schema": {"type": "object"}}
 
     results = _run(
@@ -224,8 +230,8 @@ def test_forcing_an_unknown_tool_is_an_errored_request(emulator, client, wait_en
     assert "tool_choice" in results["bad"].error.error.message
 
 
-def test_thinking_adds_a_thinking_block(emulator, client, wait_ended) -> None:
-    emu = emulator()
+def test_thinking_adds_a_thinking_block(emulator_factory, client, wait_ended) -> None:
+    emu = emulator_factory()
     requests = [
         _request("think", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}),
         _request("low", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 10}),
@@ -239,9 +245,9 @@ def test_thinking_adds_a_thinking_block(emulator, client, wait_ended) -> None:
 
 @pytest.mark.parametrize("betas", [["message-batches-2024-09-24"], None])
 def test_beta_routes_serve_the_same_batches(
-    emulator, client, make_requests, wait_ended, betas
+    emulator_factory, client, make_requests, wait_ended, betas
 ) -> None:
-    emu = emulator(processing_seconds=0.3)
+    emu = emulator_factory(processing_seconds=0.3)
     beta = client(emu).beta.messages.batches
     extra = {"betas": betas} if betas else {}
 
@@ -261,8 +267,8 @@ def test_beta_routes_serve_the_same_batches(
     assert client(emu).messages.batches.retrieve(canceled_one.id).cancel_initiated_at
 
 
-def test_beta_query_flag_is_accepted_on_every_route(emulator, make_requests) -> None:
-    emu = emulator(processing_seconds=0.05)
+def test_beta_query_flag_is_accepted_on_every_route(emulator_factory, make_requests) -> None:
+    emu = emulator_factory(processing_seconds=0.05)
     headers = {
         "x-api-key": "k",
         "anthropic-version": "2023-06-01",

@@ -21,8 +21,8 @@ def _create_error(sdk: anthropic.Anthropic, requests: list[dict[str, Any]]) -> d
     return body
 
 
-def test_no_credentials_is_401_and_every_answer_has_a_request_id(emulator) -> None:
-    emu = emulator()
+def test_no_credentials_is_401_and_every_answer_has_a_request_id(emulator_factory) -> None:
+    emu = emulator_factory()
     url = f"{emu.base_url}/v1/messages/batches"
 
     anonymous = httpx2.get(url, headers={"anthropic-version": "2023-06-01"})
@@ -40,8 +40,8 @@ def test_no_credentials_is_401_and_every_answer_has_a_request_id(emulator) -> No
     assert anonymous.headers["request-id"] != with_key.headers["request-id"]
 
 
-def test_sdk_without_a_key_gets_an_authentication_error(emulator) -> None:
-    emu = emulator()
+def test_sdk_without_a_key_gets_an_authentication_error(emulator_factory) -> None:
+    emu = emulator_factory()
     # This SDK sends the key as a bearer token; omitting that header leaves no credentials.
     sdk = anthropic.Anthropic(
         api_key="unused", base_url=emu.base_url, default_headers={"Authorization": anthropic.Omit()}
@@ -51,8 +51,8 @@ def test_sdk_without_a_key_gets_an_authentication_error(emulator) -> None:
         sdk.messages.batches.list()
 
 
-def test_missing_api_version_is_rejected(emulator) -> None:
-    emu = emulator()
+def test_missing_api_version_is_rejected(emulator_factory) -> None:
+    emu = emulator_factory()
 
     response = httpx2.get(f"{emu.base_url}/v1/messages/batches", headers={"x-api-key": "k"})
 
@@ -60,8 +60,8 @@ def test_missing_api_version_is_rejected(emulator) -> None:
     assert "anthropic-version" in response.json()["error"]["message"]
 
 
-def test_unknown_routes_are_404(emulator) -> None:
-    emu = emulator()
+def test_unknown_routes_are_404(emulator_factory) -> None:
+    emu = emulator_factory()
 
     for method, path in [
         ("GET", "/v1/messages"),
@@ -75,8 +75,8 @@ def test_unknown_routes_are_404(emulator) -> None:
         assert response.json()["error"]["type"] == "not_found_error"
 
 
-def test_empty_batch_is_rejected(emulator, client) -> None:
-    body = _create_error(client(emulator(), max_retries=0), [])
+def test_empty_batch_is_rejected(emulator_factory, client) -> None:
+    body = _create_error(client(emulator_factory(), max_retries=0), [])
 
     assert body["error"] == {
         "type": "invalid_request_error",
@@ -84,8 +84,8 @@ def test_empty_batch_is_rejected(emulator, client) -> None:
     }
 
 
-def test_more_than_100_000_requests_are_rejected(emulator, client) -> None:
-    emu = emulator()
+def test_more_than_100_000_requests_are_rejected(emulator_factory, client) -> None:
+    emu = emulator_factory()
     requests = [{"custom_id": f"r{i}", "params": {}} for i in range(100_001)]
 
     body = _create_error(client(emu, max_retries=0), requests)
@@ -106,9 +106,9 @@ def test_more_than_100_000_requests_are_rejected(emulator, client) -> None:
     ],
 )
 def test_bad_custom_id_names_its_index_and_value(
-    emulator, client, make_requests, custom_id, expected
+    emulator_factory, client, make_requests, custom_id, expected
 ) -> None:
-    emu = emulator()
+    emu = emulator_factory()
     requests = make_requests(5)
     requests[3]["custom_id"] = custom_id
 
@@ -119,11 +119,11 @@ def test_bad_custom_id_names_its_index_and_value(
     assert emu.stats()["requests_per_custom_id"] == {}
 
 
-def test_duplicate_custom_id_names_both_indexes(emulator, client, make_requests) -> None:
+def test_duplicate_custom_id_names_both_indexes(emulator_factory, client, make_requests) -> None:
     requests = make_requests(9)
     requests[7]["custom_id"] = requests[2]["custom_id"]
 
-    message = _create_error(client(emulator(), max_retries=0), requests)["error"]["message"]
+    message = _create_error(client(emulator_factory(), max_retries=0), requests)["error"]["message"]
 
     assert "Duplicate custom_id found: req-2" in message
     assert "requests.7" in message and "requests.2" in message
@@ -138,8 +138,10 @@ def test_duplicate_custom_id_names_both_indexes(emulator, client, make_requests)
         ({"custom_id": "a", "params": {}, "x": 1}, "requests.0.x: Extra inputs are not permitted"),
     ],
 )
-def test_malformed_request_elements_are_rejected(emulator, client, request_, expected) -> None:
-    body = _create_error(client(emulator(), max_retries=0), [request_])
+def test_malformed_request_elements_are_rejected(
+    emulator_factory, client, request_, expected
+) -> None:
+    body = _create_error(client(emulator_factory(), max_retries=0), [request_])
 
     assert body["error"]["message"] == expected
 
@@ -148,8 +150,8 @@ def test_malformed_request_elements_are_rejected(emulator, client, request_, exp
     "payload",
     [b"", b"[]", b'{"requests": [', b'{"requests": {}}', b'{"requests": [], "x": 1}', b"\xff"],
 )
-def test_malformed_bodies_are_400(emulator, payload) -> None:
-    emu = emulator()
+def test_malformed_bodies_are_400(emulator_factory, payload) -> None:
+    emu = emulator_factory()
 
     response = httpx2.post(f"{emu.base_url}/v1/messages/batches", content=payload, headers=AUTH)
 
@@ -157,8 +159,8 @@ def test_malformed_bodies_are_400(emulator, payload) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_chunked_bodies_are_accepted(emulator, make_requests) -> None:
-    emu = emulator()
+def test_chunked_bodies_are_accepted(emulator_factory, make_requests) -> None:
+    emu = emulator_factory()
     payload = orjson.dumps({"requests": make_requests(3)})
 
     def pieces() -> Any:
@@ -171,8 +173,8 @@ def test_chunked_bodies_are_accepted(emulator, make_requests) -> None:
     assert response.json()["request_counts"]["processing"] == 3
 
 
-def test_oversized_body_is_413_without_reading_it(emulator) -> None:
-    emu = emulator()
+def test_oversized_body_is_413_without_reading_it(emulator_factory) -> None:
+    emu = emulator_factory()
     port = int(emu.base_url.rsplit(":", 1)[1])
     head = (
         "POST /v1/messages/batches HTTP/1.1\r\n"
@@ -195,8 +197,8 @@ def test_oversized_body_is_413_without_reading_it(emulator) -> None:
     assert emu.stats()["create_calls"] == 0
 
 
-def test_oversized_chunked_body_is_413(emulator) -> None:
-    emu = emulator()
+def test_oversized_chunked_body_is_413(emulator_factory) -> None:
+    emu = emulator_factory()
     megabyte = b" " * (1 << 20)
 
     def endless() -> Any:
@@ -247,9 +249,9 @@ def _params(**overrides: Any) -> dict[str, Any]:
     ],
 )
 def test_invalid_params_come_back_errored_not_rejected(
-    emulator, client, wait_ended, params, error_type, message_part
+    emulator_factory, client, wait_ended, params, error_type, message_part
 ) -> None:
-    emu = emulator()
+    emu = emulator_factory()
     batches = client(emu).messages.batches
     good = {"custom_id": "good", "params": _params()}
 
