@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import anthropic
 import httpx2
+
+from batchline.local import emulator_process
 
 
 def _memory_kib(pid: int) -> dict[str, int]:
@@ -57,55 +58,40 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="emulator-bench-") as workdir:
-        command = [
-            sys.executable,
-            "-m",
-            "batchline.emulator",
-            "--port",
-            "0",
-            "--db",
-            str(Path(workdir) / "state.sqlite"),
-            "--processing-seconds",
-            str(args.processing_seconds),
-        ]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
-            try:
-                assert server.stdout is not None
-                base_url = server.stdout.readline().rsplit(" ", 1)[1].strip()
-                idle = _memory_kib(server.pid)
-                sizes: list[int] = []
+        options = ["--db", str(Path(workdir) / "state.sqlite")]
+        options += ["--processing-seconds", str(args.processing_seconds)]
+        with emulator_process(*options) as (server, base_url):
+            idle = _memory_kib(server.pid)
+            sizes: list[int] = []
 
-                def record_size(request: httpx2.Request) -> None:
-                    if request.method == "POST":
-                        sizes.append(int(request.headers["content-length"]))
+            def record_size(request: httpx2.Request) -> None:
+                if request.method == "POST":
+                    sizes.append(int(request.headers["content-length"]))
 
-                sdk = anthropic.Anthropic(
-                    api_key="bench",
-                    base_url=base_url,
-                    max_retries=0,
-                    http_client=httpx2.Client(event_hooks={"request": [record_size]}),
-                )
-                requests = _requests(args.requests, args.prompt_chars)
+            sdk = anthropic.Anthropic(
+                api_key="bench",
+                base_url=base_url,
+                max_retries=0,
+                http_client=httpx2.Client(event_hooks={"request": [record_size]}),
+            )
+            requests = _requests(args.requests, args.prompt_chars)
 
-                start = time.perf_counter()
-                batch = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-                created = time.perf_counter()
-                del requests
-                while batch.processing_status != "ended":
-                    time.sleep(0.2)
-                    batch = sdk.messages.batches.retrieve(batch.id)
-                ended = time.perf_counter()
-                results = 0
-                kinds: dict[str, int] = {}
-                for line in sdk.messages.batches.results(batch.id):
-                    results += 1
-                    kinds[line.result.type] = kinds.get(line.result.type, 0) + 1
-                downloaded = time.perf_counter()
-                peak = _memory_kib(server.pid)
-                db_bytes = sum(path.stat().st_size for path in Path(workdir).iterdir())
-            finally:
-                server.terminate()
-                server.wait(timeout=60)
+            start = time.perf_counter()
+            batch = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+            created = time.perf_counter()
+            del requests
+            while batch.processing_status != "ended":
+                time.sleep(0.2)
+                batch = sdk.messages.batches.retrieve(batch.id)
+            ended = time.perf_counter()
+            results = 0
+            kinds: dict[str, int] = {}
+            for line in sdk.messages.batches.results(batch.id):
+                results += 1
+                kinds[line.result.type] = kinds.get(line.result.type, 0) + 1
+            downloaded = time.perf_counter()
+            peak = _memory_kib(server.pid)
+            db_bytes = sum(path.stat().st_size for path in Path(workdir).iterdir())
 
     body_mb = sizes[0] / 1e6
     peak_mb = peak["VmHWM"] / 1024

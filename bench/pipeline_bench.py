@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from batchline.local import emulator_process, prefect_server
 
 FAULTS = ["--error-rate", "overloaded_error=0.05", "--expire-rate", "0.02"]
 MODEL = "claude-haiku-4-5"
@@ -152,25 +153,9 @@ def run_startup(corpus: Path, output: Path) -> dict[str, Any]:
 # --- the parent: processes, emulators, the report -----------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_emulator(faults: bool, processing_seconds: float) -> tuple[subprocess.Popen[str], str]:
-    args = [
-        sys.executable,
-        "-m",
-        "batchline.emulator",
-        "--port",
-        "0",
-        "--processing-seconds",
-        str(processing_seconds),
-    ]
-    process = subprocess.Popen(args + (FAULTS if faults else []), stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
+def emulator_options(faults: bool, processing_seconds: float) -> list[str]:
+    """Emulator CLI options: both sides of a measurement get the same ones."""
+    return ["--processing-seconds", str(processing_seconds), *(FAULTS if faults else [])]
 
 
 def emulator_stats(url: str) -> dict[str, Any]:
@@ -197,9 +182,8 @@ def measure(
     opts: argparse.Namespace,
     env: dict[str, str],
 ) -> dict[str, Any]:
-    emulator, url = start_emulator(faults, opts.processing_seconds)
-    env = env | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
-    try:
+    with emulator_process(*emulator_options(faults, opts.processing_seconds)) as (_, url):
+        env = env | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
         figures = child(
             [
                 "--side",
@@ -214,47 +198,7 @@ def measure(
             env,
         )
         figures["api_calls"] = emulator_stats(url)["http_calls"]
-    finally:
-        emulator.terminate()
-        emulator.wait()
     return figures
-
-
-def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = os.environ | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_UI_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import urllib.request
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2):
-                return server, api
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("the Prefect server did not start")
 
 
 def report(opts: argparse.Namespace) -> None:
@@ -264,14 +208,12 @@ def report(opts: argparse.Namespace) -> None:
         root = Path(scratch)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         base_env["PREFECT_HOME"] = str(root / "client-home")
-        server, api = start_prefect_server(root / "server-home")
-        served_env = base_env | {"PREFECT_API_URL": api}
-        try:
+        with prefect_server(root / "server-home") as api:
+            served_env = base_env | {"PREFECT_API_URL": api}
             print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
             small = root / "small.jsonl"
             write_corpus(small, 10)
-            emulator, url = start_emulator(False, 0)
-            try:
+            with emulator_process(*emulator_options(False, 0)) as (_, url):
                 env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
                 ephemeral = child(
                     ["--side", "startup", "--corpus", str(small), "--workdir", str(root / "s1")],
@@ -282,9 +224,6 @@ def report(opts: argparse.Namespace) -> None:
                     served_env | env,
                 )
                 parse = child(["--side", "parse", "--rows", str(opts.parse_rows)], base_env | env)
-            finally:
-                emulator.terminate()
-                emulator.wait()
             print(
                 f"start-up, 10 documents: {ephemeral['seconds']:.1f} s with Prefect's temporary "
                 f"server, {served['seconds']:.1f} s with a running server "
@@ -319,9 +258,6 @@ def report(opts: argparse.Namespace) -> None:
                             flush=True,
                         )
                 corpus.unlink()
-        finally:
-            server.terminate()
-            server.wait()
 
 
 def main() -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,34 +11,18 @@ import anthropic
 import pytest
 
 from batchline.emulator.cli import main
+from batchline.local import emulator_process
 
 
 def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "batchline.emulator",
-        "--port",
-        "0",
-        "--db",
-        str(tmp_path / "state.sqlite"),
-        "--processing-seconds",
-        "0.05",
-        "--error-rate",
-        "overloaded_error=1",
-        "--http-error-rate",
-        "429=0",
-        "--retry-after",
-        "0",
-        "--seed",
-        "4",
-    ]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+    options = ["--db", str(tmp_path / "state.sqlite"), "--processing-seconds", "0.05"]
+    options += ["--error-rate", "overloaded_error=1", "--http-error-rate", "429=0"]
+    options += ["--retry-after", "0", "--seed", "4"]
+    # The first line is `batchline emulator listening on URL`, or this raises.
+    with emulator_process(*options) as (server, base_url):
         assert server.stdout is not None
-        line = server.stdout.readline()
-        match = re.fullmatch(r"batchline emulator listening on (http://127\.0\.0\.1:\d+)\n", line)
-        assert match, line
-        batches = anthropic.Anthropic(api_key="k", base_url=match[1]).messages.batches
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url), base_url
+        batches = anthropic.Anthropic(api_key="k", base_url=base_url).messages.batches
         batch = batches.create(
             requests=[
                 {
@@ -58,7 +40,7 @@ def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
         (result,) = list(batches.results(batch.id))
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
-        assert server.stdout.read() == ""
+        assert server.stdout.read() == b""
 
     assert result.result.type == "errored"
     assert result.result.error.error.type == "overloaded_error"
