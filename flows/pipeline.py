@@ -100,7 +100,7 @@ def batch_pipeline(
     approve_spend(built, job)
     run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
     still_running = run.until_done("new")
-    if still_running is None:
+    if still_running is None and count_pending(layout, job, "retry"):
         still_running = on_this_task_runner(retry_failed)(run)
     if still_running is not None and still_running.expires_at is not None:
         suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
