@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
+from typing import TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 DEFAULT_CONTEXT_TOKENS = 200_000
@@ -46,16 +49,39 @@ def price_table() -> PriceTable:
     return PriceTable.model_validate(data)
 
 
+Tokens = TypeVar("Tokens", float, "npt.NDArray[np.float64]")
+
+
+def usage_cost(
+    price: ModelPrice,
+    input_tokens: Tokens,
+    output_tokens: Tokens,
+    cache_creation_input_tokens: Tokens,
+    cache_read_input_tokens: Tokens,
+    *,
+    batch: bool = True,
+) -> Tokens:
+    """USD for token counts: scalars for one request, numpy arrays for a table of them."""
+    table = price_table()
+    input_cost = price.input * (
+        input_tokens
+        + cache_creation_input_tokens * table.cache_write_multiplier
+        + cache_read_input_tokens * table.cache_read_multiplier
+    )
+    total = (input_cost + price.output * output_tokens) / 1_000_000
+    return total * table.batch_discount if batch else total
+
+
 def cost_usd(model: str, usage: Usage, *, batch: bool = True) -> float | None:
     """What ``usage`` costs, or None when the model has no price (the caller warns)."""
-    table = price_table()
-    price = table.for_model(model)
+    price = price_table().for_model(model)
     if price is None:
         return None
-    input_cost = price.input * (
-        usage.input_tokens
-        + usage.cache_creation_input_tokens * table.cache_write_multiplier
-        + usage.cache_read_input_tokens * table.cache_read_multiplier
+    return usage_cost(
+        price,
+        float(usage.input_tokens),
+        float(usage.output_tokens),
+        float(usage.cache_creation_input_tokens),
+        float(usage.cache_read_input_tokens),
+        batch=batch,
     )
-    total = (input_cost + price.output * usage.output_tokens) / 1_000_000
-    return total * table.batch_discount if batch else total

@@ -10,13 +10,16 @@ import logging
 from collections import Counter
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from batchline import schemas
 from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
-from batchline.pricing import Usage, cost_usd, price_table
+from batchline.pricing import price_table, usage_cost
 from batchline.storage import OutputLayout
 
 log = logging.getLogger(__name__)
@@ -49,75 +52,93 @@ class RunSummary(BaseModel):
 def write_results(layout: OutputLayout) -> RunSummary:
     """Join manifest, ledger and collected results into ``results/``; summarise them."""
     ledger = Ledger(layout)
-    states = ledger.request_states()
-    doc_ids, latest = _latest_states(layout, states)
+    index = _latest_index(layout, ledger.request_states())
+    batch_ids = set(index.column("latest_batch_id").to_pylist())
+    tally = _Tally()
     wanted: set[str] = set()
-    status_counts: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
-    costs: list[float | None] = []
-    unpriced: set[str] = set()
-    batch_ids = {s.batch_id for s in latest.values()}
     for entry in ledger.entries():
         if entry.batch_id not in batch_ids:
             continue
-        assert entry.batch_id is not None
-        collected = layout.read_table("collected", f"{entry.batch_id}.parquet").to_pylist()
-        rows = []
-        for row in collected:
-            state = latest.get(row["custom_id"])
-            if state is None or state.batch_id != entry.batch_id:
-                continue  # superseded by a later attempt, or no longer in the source
-            row["doc_id"] = doc_ids[row["custom_id"]]
-            row["attempts"] = state.attempts
-            row["cost_usd"] = _row_cost(row, unpriced)
-            rows.append(row)
-        name = f"batch-{entry.batch_id}.parquet"
-        if rows:
-            layout.write_table("results", name, schemas.table(rows, schemas.RESULTS))
-            wanted.add(name)
-        _tally(rows, status_counts, tokens, costs)
+        collected = layout.read_table("collected", f"{entry.batch_id}.parquet")
+        rows = collected.join(index, "custom_id", join_type="inner")
+        # Rows superseded by a later attempt belong to that attempt's batch file.
+        rows = rows.filter(pc.equal(rows.column("batch_id"), rows.column("latest_batch_id")))
+        rows = rows.append_column("cost_usd", _costs(rows, tally.unpriced))
+        _write_part(layout, f"batch-{entry.batch_id}.parquet", rows, tally, wanted)
     for name in layout.names("invalid", ".parquet"):
-        invalid = layout.read_table("invalid", name).to_pylist()
-        rows = [
+        invalid = layout.read_table("invalid", name)
+        n = invalid.num_rows
+        rows = pa.table(
             {
-                "doc_id": r["doc_id"],
-                "status": "invalid",
-                "error_type": "invalid_document",
-                "error_message": r["reason"],
-                "attempts": 0,
+                "doc_id": invalid.column("doc_id"),
+                "status": pa.repeat("invalid", n),
+                "error_type": pa.repeat("invalid_document", n),
+                "error_message": invalid.column("reason"),
+                "attempts": pa.repeat(pa.scalar(0, pa.int32()), n),
             }
-            for r in invalid
-        ]
-        if rows:
-            layout.write_table("results", f"invalid-{name}", schemas.table(rows, schemas.RESULTS))
-            wanted.add(f"invalid-{name}")
-        _tally(rows, status_counts, tokens, costs)
+        )
+        _write_part(layout, f"invalid-{name}", rows, tally, wanted)
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
     failpoint("write.done")
-    for model in sorted(unpriced):
+    for model in sorted(tally.unpriced):
         log.warning("no price for model %r: its rows have cost_usd null", model)
-    priced = [c for c in costs if c is not None]
-    total = sum(priced) if priced else None
-    discount = price_table().batch_discount
-    return RunSummary(
-        output=layout.url("results"),
-        rows=sum(status_counts.values()),
-        by_status=dict(status_counts),
-        tokens=dict(tokens),
-        cost_usd=total,
-        standard_cost_usd=None if total is None else total / discount,
-        batches=len(batch_ids),
-        unpriced_models=sorted(unpriced),
-    )
+    return tally.summary(layout.url("results"), len(batch_ids))
 
 
-def _latest_states(
-    layout: OutputLayout, states: dict[str, RequestState]
-) -> tuple[dict[str, str], dict[str, RequestState]]:
-    """doc_id per custom_id, and the state answering each manifest request's current params."""
-    doc_ids: dict[str, str] = {}
-    latest: dict[str, RequestState] = {}
+class _Tally:
+    """Running totals of the rows written, for the run summary."""
+
+    def __init__(self) -> None:
+        self.by_status: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()
+        self.cost: float | None = None
+        self.unpriced: set[str] = set()
+
+    def add(self, rows: pa.Table) -> None:
+        for item in pc.value_counts(rows.column("status")).to_pylist():
+            self.by_status[item["values"]] += item["counts"]
+        for column in _TOKEN_COLUMNS:
+            self.tokens[column] += pc.sum(rows.column(column)).as_py() or 0
+        cost = pc.sum(rows.column("cost_usd")).as_py()
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
+
+    def summary(self, output: str, batches: int) -> RunSummary:
+        discount = price_table().batch_discount
+        return RunSummary(
+            output=output,
+            rows=sum(self.by_status.values()),
+            by_status=dict(self.by_status),
+            tokens=dict(self.tokens),
+            cost_usd=self.cost,
+            standard_cost_usd=None if self.cost is None else self.cost / discount,
+            batches=batches,
+            unpriced_models=sorted(self.unpriced),
+        )
+
+
+def _write_part(
+    layout: OutputLayout, name: str, rows: pa.Table, tally: _Tally, wanted: set[str]
+) -> None:
+    """One results part in the RESULTS schema (columns it lacks are null), counted in ``tally``."""
+    if not rows.num_rows:
+        return
+    columns = {
+        field.name: rows.column(field.name).cast(field.type)
+        if field.name in rows.column_names
+        else pa.nulls(rows.num_rows, field.type)
+        for field in schemas.RESULTS
+    }
+    table = pa.table(columns, schema=schemas.RESULTS)
+    layout.write_table("results", name, table)
+    wanted.add(name)
+    tally.add(table)
+
+
+def _latest_index(layout: OutputLayout, states: dict[str, RequestState]) -> pa.Table:
+    """custom_id, doc_id, attempts and latest batch of every manifest request's current params."""
+    index: dict[str, list[Any]] = {"custom_id": [], "doc_id": [], "attempts": [], "batch": []}
     missing: list[str] = []
     for name in layout.names("manifest", ".parquet"):
         part = layout.read_table("manifest", name, columns=["custom_id", "doc_id", "params_hash"])
@@ -129,34 +150,40 @@ def _latest_states(
             if state is None or state.params_hash != ph or state.status is None:
                 missing.append(doc_id)
                 continue
-            doc_ids[cid] = doc_id
-            latest[cid] = state
+            index["custom_id"].append(cid)
+            index["doc_id"].append(doc_id)
+            index["attempts"].append(state.attempts)
+            index["batch"].append(state.batch_id)
     if missing:
         raise WriteError(
             f"{len(missing)} documents have no collected result yet (first: {missing[:3]}); "
             "run the pipeline again to finish them"
         )
-    return doc_ids, latest
+    return pa.table(
+        {
+            "custom_id": pa.array(index["custom_id"], pa.string()),
+            "doc_id": pa.array(index["doc_id"], pa.string()),
+            "attempts": pa.array(index["attempts"], pa.int32()),
+            "latest_batch_id": pa.array(index["batch"], pa.string()),
+        }
+    )
 
 
-def _row_cost(row: dict[str, Any], unpriced: set[str]) -> float | None:
-    if row["status"] != "succeeded":
-        return 0.0
-    usage = Usage(**{c: row[c] or 0 for c in _TOKEN_COLUMNS})
-    cost = cost_usd(row["model"], usage)
-    if cost is None:
-        unpriced.add(row["model"])
-    return cost
-
-
-def _tally(
-    rows: list[dict[str, Any]],
-    status_counts: Counter[str],
-    tokens: Counter[str],
-    costs: list[float | None],
-) -> None:
-    for row in rows:
-        status_counts[row["status"]] += 1
-        for column in _TOKEN_COLUMNS:
-            tokens[column] += row.get(column) or 0
-        costs.append(row.get("cost_usd"))
+def _costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:
+    """cost_usd of each row: its usage at batch prices; 0 unless succeeded; null if unpriced."""
+    succeeded = pc.equal(rows.column("status"), "succeeded").to_numpy(zero_copy_only=False)
+    models = rows.column("model").to_numpy(zero_copy_only=False)
+    tokens = {
+        c: pc.fill_null(rows.column(c), 0).to_numpy().astype(np.float64) for c in _TOKEN_COLUMNS
+    }
+    costs = np.zeros(rows.num_rows)
+    unknown = np.zeros(rows.num_rows, dtype=bool)
+    for model in set(models[succeeded]):
+        mine = succeeded & (models == model)
+        price = price_table().for_model(model)
+        if price is None:
+            unpriced.add(model)
+            unknown |= mine
+            continue
+        costs[mine] = usage_cost(price, *(tokens[c][mine] for c in _TOKEN_COLUMNS))
+    return pa.array(costs, pa.float64(), mask=unknown)
