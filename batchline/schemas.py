@@ -83,8 +83,6 @@ RESULTS = pa.schema(
     ]
 )
 
-RESULT_COLUMNS = [field.name for field in _RESULT_FIELDS]
-
 
 def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table of ``schema`` from row dicts (missing keys are null)."""
