@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
+from batchline.config import ConfigError
+
 DEFAULT_CONTEXT_TOKENS = 200_000
 
 
@@ -18,6 +20,7 @@ class ModelPrice(BaseModel):
     input: float = Field(ge=0, description="USD per million input tokens, standard API.")
     output: float = Field(ge=0, description="USD per million output tokens, standard API.")
     context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1, description="Largest max_tokens accepted.")
 
 
 class PriceTable(BaseModel):
@@ -47,6 +50,16 @@ def price_table() -> PriceTable:
     raw = resources.files("batchline").joinpath("data/prices.json").read_text("utf-8")
     data = {k: v for k, v in json.loads(raw).items() if not k.startswith("_")}
     return PriceTable.model_validate(data)
+
+
+def check_max_tokens(model: str, max_tokens: int) -> None:
+    """Refuse, before anything is loaded, a max_tokens the model would reject in every request."""
+    price = price_table().for_model(model)
+    if price and price.max_output_tokens and max_tokens > price.max_output_tokens:
+        raise ConfigError(
+            f"max_tokens {max_tokens} is over {model}'s output limit of "
+            f"{price.max_output_tokens} tokens: every request would come back errored"
+        )
 
 
 Tokens = TypeVar("Tokens", float, "npt.NDArray[np.float64]")

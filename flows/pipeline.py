@@ -18,6 +18,7 @@ from prefect.context import FlowRunContext
 from batchline.build import BuildSummary, check_submittable
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
 from batchline.ledger import Ledger
+from batchline.pricing import check_max_tokens
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
@@ -83,6 +84,7 @@ def batch_pipeline(
         max_requests_per_batch=batch_size,
         max_batches_in_flight=max_batches_in_flight,
     )
+    check_max_tokens(job.model, job.max_tokens)
     options = SourceOptions(id_column=id_column, text_column=text_column, shard_size=shard_size)
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything

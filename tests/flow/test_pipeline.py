@@ -148,3 +148,20 @@ def test_template_with_unknown_field_fails_with_the_field_named(
             source=str(tmp_path / "docs"), output=str(tmp_path / "o"), template="{title}: {text}"
         )
     assert emulator.stats()["create_calls"] == 0
+
+
+def test_max_tokens_over_the_models_limit_fails_before_loading(
+    tmp_path: Path, emulator_factory: Callable[..., Emulator], api_env: Callable[[Emulator], None]
+) -> None:
+    emulator = emulator_factory()
+    api_env(emulator)
+    write_documents(tmp_path / "docs", 2)
+    with pytest.raises(ConfigError, match="output limit of 8192"):
+        batch_pipeline(
+            source=str(tmp_path / "docs"),
+            output=str(tmp_path / "o"),
+            model="claude-3-5-haiku-20241022",
+            max_tokens=10_000,
+        )
+    assert not (tmp_path / "o" / "documents").exists()
+    assert emulator.stats()["create_calls"] == 0
