@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import TypeVar
@@ -14,6 +15,8 @@ from pydantic import BaseModel, Field
 from batchline.config import ConfigError
 
 DEFAULT_CONTEXT_TOKENS = 200_000
+# claude-haiku-4-5-20251001, claude-3-5-haiku-latest: the same model as the id before the suffix.
+_SNAPSHOT_SUFFIX = re.compile(r"(.+)-(?:\d{8}|latest)")
 
 
 class ModelPrice(BaseModel):
@@ -30,11 +33,14 @@ class PriceTable(BaseModel):
     models: dict[str, ModelPrice]
 
     def for_model(self, model: str) -> ModelPrice | None:
-        """Exact id, else the longest listed id prefixing it (dated snapshots); None if unknown."""
-        if model in self.models:
-            return self.models[model]
-        prefixes = [m for m in self.models if model.startswith(m + "-")]
-        return self.models[max(prefixes, key=len)] if prefixes else None
+        """The listed id, or its dated snapshot or -latest alias; None if not listed.
+
+        Only those suffixes: matching any longer id by prefix priced claude-opus-4-6 as
+        claude-opus-4, and a silently wrong cost is worse than none (a null cost is warned about,
+        and a budget with an unpriced model is refused).
+        """
+        snapshot = _SNAPSHOT_SUFFIX.fullmatch(model)
+        return self.models.get(model) or (self.models.get(snapshot[1]) if snapshot else None)
 
 
 class Usage(BaseModel):

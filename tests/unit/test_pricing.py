@@ -22,7 +22,11 @@ def test_dated_model_ids_match_their_family_and_unknown_models_have_no_price() -
     table = price_table()
     assert table.for_model("claude-haiku-4-5-20251001") == table.models["claude-haiku-4-5"]
     assert table.for_model("claude-sonnet-4-5-20250929") == table.models["claude-sonnet-4-5"]
+    assert table.for_model("claude-3-5-haiku-latest") == table.models["claude-3-5-haiku"]
     assert cost_usd("gpt-nothing", Usage(input_tokens=10)) is None
+    # A newer model is not its older family's price: unknown, so warned about, never guessed.
+    assert table.for_model("claude-opus-4-6") is None
+    assert table.for_model("claude-opus-4-5-preview") is None
 
 
 def test_max_tokens_over_the_models_output_limit_is_refused() -> None:
