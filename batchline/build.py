@@ -20,27 +20,36 @@ from batchline.config import ConfigError, JobConfig
 from batchline.failpoints import failpoint
 from batchline.load import Document, read_staged
 from batchline.pricing import DEFAULT_CONTEXT_TOKENS, Usage, cost_usd, price_table
-from batchline.storage import OutputLayout, part_name, remove_parts_from
+from batchline.storage import (
+    OutputLayout,
+    part_name,
+    remove_parts_from,
+    stamped_summary,
+    write_stamp,
+)
 
 log = logging.getLogger(__name__)
 
 CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 CHARS_PER_TOKEN = 4
+# 41 + "-" + 22 = 64 characters, the pattern's limit; 22 hex digits are 88 bits of hash.
+_SLUG_CHARS = 41
+_ID_HASH_CHARS = 22
 # The create body wraps the requests in {"requests":[...]} and separates them by commas.
 _BODY_OVERHEAD = 64
 
 
-def custom_id_for(doc_id: str) -> str:
-    """A valid, stable custom_id: the doc_id itself when it fits the API's pattern.
+def custom_id_for(doc_id: str, params_hash: str) -> str:
+    """A valid custom_id that names both the document and the exact request asked of it.
 
-    Otherwise a readable slug of it plus a hash, so ids stay unique and a person can still tell
-    which document a result belongs to; the mapping is kept in the manifest.
+    A readable slug of the doc_id plus a hash of the doc_id and the request's params: the same
+    document asked the same thing always gets the same id, and a changed template, model or text
+    gets a new one. So an answer on record is reused only for a byte-identical request, and a
+    batch adopted after a lost create is recognised as ours (or not) by its results' ids alone.
     """
-    if CUSTOM_ID_PATTERN.match(doc_id):
-        return doc_id
-    slug = re.sub(r"[^a-zA-Z0-9_-]+", "_", doc_id).strip("_")[:40]
-    digest = hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:22]
-    return f"{slug}-{digest}" if slug else f"h-{digest}"
+    slug = re.sub(r"[^a-zA-Z0-9_-]+", "_", doc_id).strip("_")[:_SLUG_CHARS] or "doc"
+    digest = hashlib.sha256(f"{doc_id}\0{params_hash}".encode()).hexdigest()[:_ID_HASH_CHARS]
+    return f"{slug}-{digest}"
 
 
 def estimate_tokens(chars: int) -> int:
@@ -92,7 +101,8 @@ def build_shard(
         except (KeyError, IndexError, ValueError) as exc:
             invalid.append({"doc_id": doc.doc_id, "reason": f"template: no field {exc}"})
             continue
-        custom_id = custom_id_for(doc.doc_id)
+        digest = params_hash(params)
+        custom_id = custom_id_for(doc.doc_id, digest)
         if custom_id in taken_custom_ids:
             invalid.append({"doc_id": doc.doc_id, "reason": f"custom_id {custom_id} collides"})
             continue
@@ -118,7 +128,7 @@ def build_shard(
                 "custom_id": custom_id,
                 "doc_id": doc.doc_id,
                 "params_json": orjson.dumps(params).decode(),
-                "params_hash": params_hash(params),
+                "params_hash": digest,
                 "request_bytes": len(body),
                 "estimated_input_tokens": tokens,
             }
@@ -151,11 +161,20 @@ class BuildSummary(BaseModel):
     invalid_reasons: dict[str, int]
 
 
+def manifest_fingerprint(source_fingerprint: str, job: JobConfig) -> str:
+    """What the manifest answers: the staged documents' content and the shape of the requests."""
+    return hashlib.sha256(f"{source_fingerprint}\0{job.request_fingerprint()}".encode()).hexdigest()
+
+
 def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str) -> BuildSummary:
     """Render every staged document into ``manifest/`` and ``invalid/`` parts, shard by shard.
 
-    The summary's fingerprint identifies the manifest: the staged source and the request shape.
+    The summary's fingerprint identifies the manifest: the staged source's content and the
+    request shape. A manifest on disk that already answers that fingerprint is kept as it is.
     """
+    fingerprint = manifest_fingerprint(source_fingerprint, job)
+    if (built := stamped_summary(layout, "manifest", fingerprint)) is not None:
+        return BuildSummary.model_validate(built)
     taken: set[str] = set()
     requests = invalid = nbytes = tokens = 0
     reasons: Counter[str] = Counter()
@@ -172,17 +191,13 @@ def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str
         reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
     for area in ("manifest", "invalid"):
         remove_parts_from(layout, area, len(names))
-    failpoint("build.done")
     cost = cost_usd(job.model, Usage(input_tokens=tokens, output_tokens=job.max_tokens * requests))
     if cost is None:
         log.warning(
             "model %r has no price in data/prices.json: its costs will be reported as null",
             job.model,
         )
-    fingerprint = hashlib.sha256(
-        f"{source_fingerprint}\0{job.request_fingerprint()}".encode()
-    ).hexdigest()
-    return BuildSummary(
+    summary = BuildSummary(
         fingerprint=fingerprint,
         requests=requests,
         invalid=invalid,
@@ -191,6 +206,9 @@ def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str
         worst_case_cost_usd=cost,
         invalid_reasons=dict(reasons),
     )
+    write_stamp(layout, ("manifest", "invalid"), fingerprint, summary)
+    failpoint("build.done")
+    return summary
 
 
 class BudgetExceeded(ConfigError):

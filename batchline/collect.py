@@ -43,6 +43,10 @@ class CollectError(RunError):
     """A batch's results do not match the requests the ledger says it holds."""
 
 
+class ForeignResultsError(CollectError):
+    """A batch's results answer requests other than those its ledger entry lists."""
+
+
 class ResultsExpiredError(CollectError):
     """Results the API no longer keeps (29 days after creation): their requests are unanswered."""
 
@@ -51,6 +55,7 @@ class CollectedBatch(BaseModel):
     batch_id: str
     rows: int
     by_status: dict[str, int]
+    rejected: bool = False  # adopted in error: its results answered another job's requests
 
 
 def parse_result_line(line: bytes | str, batch_id: str) -> dict[str, Any]:
@@ -135,6 +140,37 @@ def collect_batch(
     return CollectedBatch(batch_id=batch_id, rows=sum(by_status.values()), by_status=by_status)
 
 
+def collect_entry(
+    client: anthropic.Anthropic,
+    layout: OutputLayout,
+    batch_id: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CollectedBatch:
+    """Collect a batch the ledger holds, checking each result against the entry's requests.
+
+    An adopted batch (found after a lost create response) is only a guess until its results
+    arrive: one whose custom_ids are not the intent's belongs to someone else. Its adoption is
+    undone, nothing of it is kept, and the next submit finds the intent's own batch or makes one.
+    """
+    ledger = Ledger(layout)
+    entry = ledger.entry_for(batch_id)
+    expected = set(ledger.request_ids(entry).column("custom_id").to_pylist())
+    try:
+        return collect_batch(client, layout, batch_id, expected, sleep)
+    except ForeignResultsError as exc:
+        if not entry.adopted:
+            raise
+        ledger.reject_adoption(entry)
+        log.warning(
+            "batch %s, adopted for intent %s after a lost create response, is not ours (%s): "
+            "adoption undone; its requests will go to the intent's own batch or a new one",
+            batch_id,
+            entry.key,
+            exc,
+        )
+        return CollectedBatch(batch_id=batch_id, rows=0, by_status={}, rejected=True)
+
+
 def write_collected(
     layout: OutputLayout, batch_id: str, lines: Iterable[bytes], expected: set[str]
 ) -> None:
@@ -151,7 +187,7 @@ def write_collected(
         for line in lines:
             row = parse_result_line(line, batch_id)
             if row["custom_id"] not in expected or row["custom_id"] in seen:
-                raise CollectError(
+                raise ForeignResultsError(
                     f"batch {batch_id} returned custom_id {row['custom_id']!r}, which the ledger "
                     "does not list for it (or twice): was the wrong batch adopted?"
                 )
@@ -164,7 +200,7 @@ def write_collected(
             writer.write_table(pa.Table.from_pylist(rows, schema=schemas.COLLECTED))
         failpoint("collect.written")
         if seen != expected:
-            raise CollectError(
+            raise ForeignResultsError(
                 f"batch {batch_id} returned {len(seen)} results for {len(expected)} requests"
             )
 

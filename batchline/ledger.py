@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from batchline import schemas
+from batchline.config import RunError
 from batchline.storage import OutputLayout
 
 
@@ -31,6 +32,10 @@ class LedgerEntry(BaseModel):
     created_at: datetime | None = None
     expires_at: datetime | None = None
     adopted: bool = Field(False, description="Found after an ambiguous create, not returned by it.")
+    rejected_batch_ids: list[str] = Field(
+        default_factory=list,
+        description="Batches adopted for this intent whose results answered other requests.",
+    )
 
 
 @dataclass
@@ -95,6 +100,36 @@ class Ledger:
         )
         self.layout.write_json("ledger", f"{entry.key}.json", done.model_dump(mode="json"))
         return done
+
+    def reject_adoption(self, entry: LedgerEntry) -> LedgerEntry:
+        """Undo the adoption of a batch that is not this intent's: its requests are ours again.
+
+        The batch is remembered so it is never adopted again; the next submit looks for the
+        batch the intent really made, or creates one.
+        """
+        assert entry.batch_id is not None and entry.adopted
+        undone = entry.model_copy(
+            update={
+                "batch_id": None,
+                "created_at": None,
+                "expires_at": None,
+                "adopted": False,
+                "rejected_batch_ids": [*entry.rejected_batch_ids, entry.batch_id],
+            }
+        )
+        self.layout.write_json("ledger", f"{entry.key}.json", undone.model_dump(mode="json"))
+        return undone
+
+    def entry_for(self, batch_id: str) -> LedgerEntry:
+        """The one entry that holds ``batch_id``; a RunError when none or several do."""
+        holders = [e for e in self.entries() if e.batch_id == batch_id]
+        if len(holders) != 1:
+            keys = ", ".join(e.key for e in holders) or "none"
+            raise RunError(
+                f"batch {batch_id} is held by {len(holders)} ledger entries ({keys}) under "
+                f"{self.layout.url('ledger')}, where exactly one should hold it"
+            )
+        return holders[0]
 
     def request_ids(self, entry: LedgerEntry) -> pa.Table:
         return self.layout.read_table("ledger", f"{entry.key}.parquet")

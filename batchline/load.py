@@ -9,6 +9,7 @@ anything is submitted.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,20 @@ from typing import Any
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
 from batchline import schemas
 from batchline.config import ConfigError, SourceOptions
 from batchline.failpoints import failpoint
-from batchline.storage import OutputLayout, filesystem, part_name, remove_parts_from
+from batchline.storage import (
+    OutputLayout,
+    filesystem,
+    part_name,
+    remove_parts_from,
+    stamped_summary,
+    write_stamp,
+)
 
 TEXT_SUFFIXES = (".txt", ".md")
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -58,13 +67,42 @@ def list_source_files(source: str) -> list[tuple[str, str]]:
 
 
 def source_fingerprint(source: str, options: SourceOptions) -> str:
-    """A hash that changes when any source file or reading option changes (cache key input)."""
+    """A hash of every source file's content and the reading options (cache key input).
+
+    Content, not size and mtime: an edit that keeps both (``cp -p``, ``rsync -t``, a coarse
+    clock) must still be seen. Object stores give a content hash (ETag, md5, crc) with the
+    listing; local files are read and hashed.
+    """
     fs, _ = filesystem(source)
     digest = hashlib.sha256(options.model_dump_json().encode())
     for path, rel in list_source_files(source):
-        info = fs.info(path)
-        marker = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-        digest.update(f"{rel}\0{info.get('size')}\0{marker}\n".encode())
+        digest.update(f"{rel}\0{_content_hash(fs, path)}\n".encode())
+    return digest.hexdigest()
+
+
+# Local file hashes by (path, size, mtime, ctime, inode): any write changes the ctime, so a hit is
+# the same bytes, and the cache key and the load step of one run read each file's bytes once.
+_local_hashes: dict[tuple[str, int, int, int, int], str] = {}
+_STORE_HASHES = ("ETag", "md5Hash", "crc32c", "content_md5")
+
+
+def _content_hash(fs: Any, path: str) -> str:
+    if isinstance(fs, LocalFileSystem):
+        stat = os.stat(path)
+        key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        if key not in _local_hashes:
+            _local_hashes[key] = _hash_bytes(fs, path)
+        return _local_hashes[key]
+    info = fs.info(path)
+    stored = next((str(info[k]) for k in _STORE_HASHES if info.get(k)), None)
+    return f"{info.get('size')}:{stored}" if stored else _hash_bytes(fs, path)
+
+
+def _hash_bytes(fs: Any, path: str) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -224,8 +262,11 @@ def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -
     """Read the source once into ``documents/part-NNNNN.parquet``; later steps read only those.
 
     Parts from an earlier, larger run of the same output are removed so they cannot resurface.
+    When the staged parts already answer this source's content, they are kept as they are.
     """
     fingerprint = source_fingerprint(source, options)
+    if (staged := stamped_summary(layout, "documents", fingerprint)) is not None:
+        return LoadSummary.model_validate(staged)
     shards = documents = invalid = 0
     for shard in iter_shards(source, options):
         rows = [
@@ -242,8 +283,12 @@ def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -
         documents += len(shard)
         invalid += sum(d.invalid_reason is not None for d in shard)
     remove_parts_from(layout, "documents", shards)
+    summary = LoadSummary(
+        fingerprint=fingerprint, shards=shards, documents=documents, invalid=invalid
+    )
+    write_stamp(layout, ("documents",), fingerprint, summary)
     failpoint("load.done")
-    return LoadSummary(fingerprint=fingerprint, shards=shards, documents=documents, invalid=invalid)
+    return summary
 
 
 def read_staged(layout: OutputLayout, name: str) -> list[Document]:

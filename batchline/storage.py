@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import IO, Any, Literal, get_args
+from typing import IO, Any, Literal, cast, get_args
 
 import fsspec
 import orjson
@@ -25,6 +25,8 @@ from batchline.config import ConfigError
 Area = Literal["documents", "invalid", "manifest", "ledger", "collected", "results", "prefect"]
 # At the output root: which source the output belongs to (see claim_output).
 RUN_MARKER = "batchline-run.json"
+# In a step's main area: what the step left behind and the inputs it was made from (see Stamp).
+STAMP = ".stamp.json"
 
 
 def filesystem_options(url: str) -> dict[str, Any]:
@@ -68,11 +70,18 @@ class OutputLayout:
 
     def names(self, area: Area | None, suffix: str = "") -> list[str]:
         """Names (not paths) of the files in an area, sorted, optionally filtered by suffix."""
+        return sorted(n for n in self.sizes(area) if n.endswith(suffix))
+
+    def sizes(self, area: Area | None) -> dict[str, int]:
+        """Name → size of every file in an area (hidden files, such as temporaries, left out)."""
         folder = self.path(area)
         if not self.fs.exists(folder):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
-        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+            return {}
+        sizes = {
+            info["name"].rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0)
+            for info in self.fs.ls(folder, detail=True)
+        }
+        return {n: size for n, size in sizes.items() if not n.startswith(".")}
 
     @contextmanager
     def atomic_open(self, area: Area | None, name: str) -> Iterator[IO[bytes]]:
@@ -116,6 +125,44 @@ class OutputLayout:
     def read_table(self, area: Area, name: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(area, name), "rb") as handle:
             return pq.read_table(handle, columns=columns)
+
+
+class Stamp(BaseModel):
+    """What a step left under the output root, and a fingerprint of the inputs it came from.
+
+    A step that finds its stamp matching its inputs and its files as it left them may return the
+    recorded summary instead of redoing the work; anything else (other inputs, a deleted or
+    replaced file) means the files on disk are not that step's answer, and it runs again. This is
+    what keeps Prefect's cache honest: a cache key is only offered while the stamp holds.
+    """
+
+    inputs: str
+    files: dict[str, dict[str, int]]
+    summary: dict[str, Any]
+
+
+def write_stamp(
+    layout: OutputLayout, areas: tuple[Area, ...], inputs: str, summary: BaseModel
+) -> None:
+    """Record, in the first of ``areas``, that their files now answer ``inputs``."""
+    stamp = Stamp(
+        inputs=inputs,
+        files={area: layout.sizes(area) for area in areas},
+        summary=summary.model_dump(mode="json"),
+    )
+    layout.write_json(areas[0], STAMP, stamp.model_dump(mode="json"))
+
+
+def stamped_summary(layout: OutputLayout, area: Area, inputs: str) -> dict[str, Any] | None:
+    """The summary a step recorded in ``area``, if its files still answer ``inputs``."""
+    if not layout.exists(area, STAMP):
+        return None
+    stamp = Stamp.model_validate(layout.read_json(area, STAMP))
+    if stamp.inputs != inputs:
+        return None
+    if any(layout.sizes(cast(Area, a)) != files for a, files in stamp.files.items()):
+        return None
+    return stamp.summary
 
 
 def part_name(index: int) -> str:

@@ -52,17 +52,20 @@ def submit_pending(
     """
     ledger = Ledger(layout)
     entries = ledger.entries()
+    # Batches that are ours, and batches we once adopted in error: neither is adoptable.
     known = {e.batch_id for e in entries if e.batch_id}
+    known.update(b for e in entries for b in e.rejected_batch_ids)
     created: list[LedgerEntry] = []
     for entry in entries:
         if entry.batch_id is None:
-            # A run died between intent and answer: the batch may exist.
+            # A run died between intent and answer, or adopted a batch that was not its own: the
+            # intent's batch may exist.
             batch = find_adoptable(client, entry, known)
             if batch is None:
                 log.warning("intent %s made no batch; its requests are pending again", entry.key)
                 layout.fs.rm(layout.path("ledger", f"{entry.key}.json"))
                 continue
-            log.warning("adopted batch %s for interrupted intent %s", batch.id, entry.key)
+            _log_adoption(entry, batch.id)
             created.append(_record(ledger, entry, batch, adopted=True))
             known.add(batch.id)
     states = ledger.request_states()
@@ -81,14 +84,26 @@ def submit_pending(
         failpoint("submit.created")
         known.add(batch.id)
         created.append(_record(ledger, entry, batch, adopted))
-        log.info(
-            "submitted batch %s with %d requests%s",
-            batch.id,
-            entry.request_count,
-            " (adopted after a lost response)" if adopted else "",
-        )
+        if adopted:
+            _log_adoption(entry, batch.id)
+        else:
+            log.info("submitted batch %s with %d requests", batch.id, entry.request_count)
     failpoint("submit.done")
     return created
+
+
+def _log_adoption(entry: LedgerEntry, batch_id: str) -> None:
+    instead = (
+        f", in place of {', '.join(entry.rejected_batch_ids)}" if entry.rejected_batch_ids else ""
+    )
+    log.warning(
+        "adopted batch %s for intent %s (%d requests), whose create response was lost%s; its "
+        "results will be checked against the intent's requests",
+        batch_id,
+        entry.key,
+        entry.request_count,
+        instead,
+    )
 
 
 def create_or_adopt(
@@ -108,6 +123,12 @@ def create_or_adopt(
     delay = 1.0
     last_error: Exception | None = None
     for _ in range(MAX_CREATE_ATTEMPTS):
+        if last_error is not None and not isinstance(last_error, anthropic.RateLimitError):
+            # The batch list can lag behind a create: look again after the backoff, before
+            # paying for another batch.
+            adoptable = find_adoptable(client, entry, known_batch_ids)
+            if adoptable is not None:
+                return adoptable, True
         try:
             created = creator.post(
                 "/v1/messages/batches",

@@ -6,11 +6,13 @@ invalid documents), so a rerun rewrites the same files and removes the ones no l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
@@ -20,7 +22,7 @@ from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
 from batchline.pricing import price_table, usage_cost
-from batchline.storage import OutputLayout
+from batchline.storage import STAMP, OutputLayout, stamped_summary, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,26 @@ class RunSummary(BaseModel):
     unpriced_models: list[str]
 
 
+def results_inputs(layout: OutputLayout) -> str:
+    """A fingerprint of everything the results table is made of: manifest, ledger, results."""
+    state = {
+        "manifest": layout.read_json("manifest", STAMP)
+        if layout.exists("manifest", STAMP)
+        else None,
+        "files": {area: layout.sizes(area) for area in ("manifest", "invalid", "collected")},
+        "ledger": [e.model_dump(mode="json") for e in Ledger(layout).entries()],
+    }
+    return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def write_results(layout: OutputLayout) -> RunSummary:
-    """Join manifest, ledger and collected results into ``results/``; summarise them."""
+    """Join manifest, ledger and collected results into ``results/``; summarise them.
+
+    A results table on disk that was written from the same inputs, and is still whole, is kept.
+    """
+    inputs = results_inputs(layout)
+    if (written := stamped_summary(layout, "results", inputs)) is not None:
+        return RunSummary.model_validate(written)
     ledger = Ledger(layout)
     index = _latest_index(layout, ledger.request_states())
     batch_ids = set(index.column("latest_batch_id").to_pylist())
@@ -80,10 +100,12 @@ def write_results(layout: OutputLayout) -> RunSummary:
         _write_part(layout, f"invalid-{name}", rows, tally, wanted)
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
-    failpoint("write.done")
     for model in sorted(tally.unpriced):
         log.warning("no price for model %r: its rows have cost_usd null", model)
-    return tally.summary(layout.url("results"), len(batch_ids))
+    summary = tally.summary(layout.url("results"), len(batch_ids))
+    write_stamp(layout, ("results",), inputs, summary)
+    failpoint("write.done")
+    return summary
 
 
 class _Tally:

@@ -1,7 +1,10 @@
 """The pipeline's steps as Prefect tasks: a few lines each over the plain functions of batchline.
 
-Each cached task has an explicit business cache key over its real inputs. Prefect's default
-policy would include the task's source code (a redeploy during a 24-hour wait would then submit
+Prefect's cache is a shortcut that must agree with the files under the output root, which are the
+source of truth. So a step that writes files (load, build, write) offers a cache key only while the
+stamp it left says those files still answer its current inputs (content hashes, never sizes or
+times); otherwise the key is None, the step runs, and it rewrites what is stale. Prefect's default
+policy would also hash the task's source code (a redeploy during a 24-hour wait would then submit
 again), and INPUTS alone would collide across tasks.
 """
 
@@ -18,17 +21,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from batchline.build import BuildSummary, build_manifest
+from batchline.build import BuildSummary, build_manifest, manifest_fingerprint
 from batchline.client import make_client
-from batchline.collect import CollectedBatch, collect_batch
-from batchline.config import JobConfig, SourceOptions
-from batchline.ledger import Ledger
+from batchline.collect import CollectedBatch, collect_entry
+from batchline.config import ConfigError, JobConfig, SourceOptions
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
 from batchline.retry import Submission
-from batchline.storage import OutputLayout
+from batchline.storage import Area, OutputLayout, stamped_summary
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
-from batchline.write import RunSummary, write_results
+from batchline.write import RunSummary, results_inputs, write_results
 from flows.progress import (
     describe,
     latest_expiry,
@@ -42,15 +44,30 @@ def _key(*parts: object) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 
-def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("load", p["output"], source_fingerprint(p["source"], p["options"]))
+def _stamped_key(step: str, output: str, area: Area, inputs: str) -> str | None:
+    """The step's key while its files under ``output`` answer ``inputs``; else None: run it."""
+    layout = OutputLayout(output)
+    if stamped_summary(layout, area, inputs) is None:
+        return None
+    return _key(step, layout.root, inputs)
 
 
-def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("build", p["output"], p["loaded"].fingerprint, p["job"].request_fingerprint())
+def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+    try:
+        inputs = source_fingerprint(p["source"], p["options"])
+    except ConfigError:
+        return None  # the step itself says what is wrong with the source
+    return _stamped_key("load", p["output"], "documents", inputs)
+
+
+def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+    inputs = manifest_fingerprint(p["loaded"].fingerprint, p["job"])
+    return _stamped_key("build", p["output"], "manifest", inputs)
 
 
 def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    # Submitting is guarded by the ledger, not by this key: a cached round submits nothing, and
+    # the rounds go on while the ledger says requests are pending.
     job = p["job"]
     return _key(
         "submit",
@@ -63,12 +80,15 @@ def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
     )
 
 
-def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+    if not OutputLayout(p["output"]).exists("collected", f"{p['batch_id']}.parquet"):
+        return None
     return _key("collect", p["output"], p["batch_id"])
 
 
-def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    return _key("write", p["output"], p["built"].fingerprint, *sorted(p["batch_ids"]))
+def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+    inputs = results_inputs(OutputLayout(p["output"]))
+    return _stamped_key("write", p["output"], "results", inputs)
 
 
 @task(name="load-documents", cache_key_fn=_load_key, persist_result=True)
@@ -161,11 +181,7 @@ def wait(
 )
 def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBatch:
     """Download one ended batch's results; batches are mapped, so they download concurrently."""
-    layout = OutputLayout(output)
-    ledger = Ledger(layout)
-    [entry] = [e for e in ledger.entries() if e.batch_id == batch_id]
-    ids = set(ledger.request_ids(entry).column("custom_id").to_pylist())
-    collected = collect_batch(client_for(credentials), layout, batch_id, ids)
+    collected = collect_entry(client_for(credentials), OutputLayout(output), batch_id)
     get_run_logger().info(
         "collected %s in process %d: %s", batch_id, os.getpid(), collected.by_status
     )

@@ -77,7 +77,9 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
     }
     assert "rows invalid 8" in printed
     # Only the one good document reached the API.
-    assert emulator.stats()["requests_per_custom_id"] == {"dup": 1}
+    [sent] = table.custom_id[table.status == "succeeded"]
+    assert sent.startswith("dup-")
+    assert emulator.stats()["requests_per_custom_id"] == {sent: 1}
 
 
 @pytest.mark.parametrize(

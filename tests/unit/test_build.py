@@ -17,20 +17,22 @@ from batchline.config import ConfigError, JobConfig
 from batchline.load import Document
 
 
-def test_custom_id_keeps_valid_doc_ids_and_hashes_the_rest() -> None:
-    assert custom_id_for("doc_1-A") == "doc_1-A"
-    hashed = custom_id_for("reports/2024 Q1")
-    assert CUSTOM_ID_PATTERN.match(hashed)
-    assert hashed.startswith("reports_2024_Q1-")
-    assert custom_id_for("reports/2024 Q1") == hashed
+def test_custom_id_names_the_document_and_changes_with_the_request() -> None:
+    asked = custom_id_for("reports/2024 Q1", "hash-of-template-a")
+    assert CUSTOM_ID_PATTERN.match(asked)
+    assert asked.startswith("reports_2024_Q1-")
+    assert custom_id_for("reports/2024 Q1", "hash-of-template-a") == asked
+    # Another request of the same document (new template, model or text) is another id, so an
+    # answer on record is never served for a request that differs from the one it answered.
+    assert custom_id_for("reports/2024 Q1", "hash-of-template-b") != asked
 
 
-@given(st.lists(st.text(min_size=1, max_size=200), unique=True, max_size=50))
-def test_custom_ids_are_valid_unique_and_stable(doc_ids: list[str]) -> None:
-    ids = [custom_id_for(d) for d in doc_ids]
+@given(st.lists(st.text(min_size=1, max_size=200), unique=True, max_size=50), st.text())
+def test_custom_ids_are_valid_unique_and_stable(doc_ids: list[str], params: str) -> None:
+    ids = [custom_id_for(d, params) for d in doc_ids]
     assert all(CUSTOM_ID_PATTERN.match(i) for i in ids)
     assert len(set(ids)) == len(ids)
-    assert ids == [custom_id_for(d) for d in doc_ids]
+    assert ids == [custom_id_for(d, params) for d in doc_ids]
 
 
 @given(
@@ -54,7 +56,7 @@ def test_build_shard_renders_template_and_system_with_cache_control() -> None:
     job = JobConfig(template="Title: {title}\n{text}", system="Be brief.", max_tokens=50)
     docs = [Document("a", "alpha text", {"title": "A"}), Document("b", "beta", {})]
     manifest, invalid = build_shard(docs, job, set())
-    assert manifest.column("custom_id").to_pylist() == ["a"]
+    assert manifest.column("doc_id").to_pylist() == ["a"]
     params = orjson.loads(manifest.column("params_json")[0].as_py())
     assert params["messages"] == [{"role": "user", "content": "Title: A\nalpha text"}]
     assert params["system"][0]["cache_control"] == {"type": "ephemeral"}
@@ -70,12 +72,14 @@ def test_build_shard_rejects_documents_over_the_context() -> None:
 
 
 def test_build_shard_passes_load_reasons_through_and_keeps_custom_ids_unique() -> None:
-    taken = {"a"}
-    docs = [Document("a", "again"), Document("c", None, invalid_reason="empty document")]
+    taken: set[str] = set()
+    first, _ = build_shard([Document("a", "text")], JobConfig(), taken)
+    [custom_id] = first.column("custom_id").to_pylist()
+    docs = [Document("a", "text"), Document("c", None, invalid_reason="empty document")]
     manifest, invalid = build_shard(docs, JobConfig(), taken)
     assert manifest.num_rows == 0
     reasons = dict(zip(*(invalid.column(c).to_pylist() for c in ("doc_id", "reason")), strict=True))
-    assert reasons == {"a": "custom_id a collides", "c": "empty document"}
+    assert reasons == {"a": f"custom_id {custom_id} collides", "c": "empty document"}
 
 
 def _summary(requests: int, cost: float | None, reasons: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
