@@ -24,7 +24,7 @@ from batchline.storage import (
     OutputLayout,
     part_name,
     remove_parts_from,
-    stamped_summary,
+    reuse_or_restamp,
     write_stamp,
 )
 
@@ -173,7 +173,7 @@ def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str
     request shape. A manifest on disk that already answers that fingerprint is kept as it is.
     """
     fingerprint = manifest_fingerprint(source_fingerprint, job)
-    if (built := stamped_summary(layout, "manifest", fingerprint)) is not None:
+    if (built := reuse_or_restamp(layout, "manifest", fingerprint)) is not None:
         return BuildSummary.model_validate(built)
     taken: set[str] = set()
     requests = invalid = nbytes = tokens = 0

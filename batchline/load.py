@@ -28,7 +28,7 @@ from batchline.storage import (
     filesystem,
     part_name,
     remove_parts_from,
-    stamped_summary,
+    reuse_or_restamp,
     write_stamp,
 )
 
@@ -265,7 +265,7 @@ def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -
     When the staged parts already answer this source's content, they are kept as they are.
     """
     fingerprint = source_fingerprint(source, options)
-    if (staged := stamped_summary(layout, "documents", fingerprint)) is not None:
+    if (staged := reuse_or_restamp(layout, "documents", fingerprint)) is not None:
         return LoadSummary.model_validate(staged)
     shards = documents = invalid = 0
     for shard in iter_shards(source, options):

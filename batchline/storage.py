@@ -165,6 +165,18 @@ def stamped_summary(layout: OutputLayout, area: Area, inputs: str) -> dict[str, 
     return stamp.summary
 
 
+def reuse_or_restamp(layout: OutputLayout, area: Area, inputs: str) -> dict[str, Any] | None:
+    """The recorded summary if ``area`` still answers ``inputs``; else drop the stamp.
+
+    Dropped before the step rewrites anything: a run killed halfway must not leave the old
+    stamp beside files it has half replaced.
+    """
+    summary = stamped_summary(layout, area, inputs)
+    if summary is None and layout.exists(area, STAMP):
+        layout.fs.rm(layout.path(area, STAMP))
+    return summary
+
+
 def part_name(index: int) -> str:
     """The file name of shard ``index``'s part, the same on every run."""
     return f"part-{index:05d}.parquet"

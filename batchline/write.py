@@ -22,7 +22,7 @@ from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
 from batchline.pricing import price_table, usage_cost
-from batchline.storage import STAMP, OutputLayout, stamped_summary, write_stamp
+from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def write_results(layout: OutputLayout) -> RunSummary:
     A results table on disk that was written from the same inputs, and is still whole, is kept.
     """
     inputs = results_inputs(layout)
-    if (written := stamped_summary(layout, "results", inputs)) is not None:
+    if (written := reuse_or_restamp(layout, "results", inputs)) is not None:
         return RunSummary.model_validate(written)
     ledger = Ledger(layout)
     index = _latest_index(layout, ledger.request_states())
