@@ -59,6 +59,7 @@ from pydantic import BaseModel, ValidationError
 from batchline.config import ConfigError
 from batchline.storage import OutputLayout
 
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".batchline-lock.json"
@@ -97,11 +98,13 @@ def output_lock(
     wait_seconds: float = 10.0,
     poll_seconds: float = 1.0,
     ttl_seconds: float = 60.0,
+    logger: Logger = log,
 ) -> Iterator[Owner]:
     """Hold the lock of ``layout``'s output root for the ``with`` block; yields its owner record.
 
     Waits up to ``wait_seconds`` for another run to let go, then raises ConfigError naming it.
     ``ttl_seconds`` is how long an S3 lock may go without a heartbeat before it counts as stale.
+    ``logger`` tells the user about the wait and about S3 takeovers (the run's logger, say).
     """
     owner = Owner.this_process(run)
     path = layout.path(None, LOCK_NAME)
@@ -109,12 +112,12 @@ def output_lock(
     if isinstance(layout.fs, LocalFileSystem):
         lock = LocalLock(path, owner)
     else:
-        lock = S3Lock(layout.fs, path, owner, ttl_seconds)
+        lock = S3Lock(layout.fs, path, owner, ttl_seconds, logger)
     deadline = time.monotonic() + wait_seconds
     try:
         holder = lock.try_acquire()
         if holder is not None:
-            log.info(
+            logger.info(
                 "output %s is in use by %s: waiting up to %.0f s", layout.root, holder, wait_seconds
             )
         while holder is not None:
@@ -191,11 +194,14 @@ def _same_file(fd: int, path: str) -> bool:
 class S3Lock:
     """An object rewritten by a heartbeat thread; every write conditional on what was read."""
 
-    def __init__(self, fs: Any, path: str, owner: Owner, ttl_seconds: float) -> None:
+    def __init__(
+        self, fs: Any, path: str, owner: Owner, ttl_seconds: float, logger: Logger
+    ) -> None:
         self.fs = fs
         self.path = path
         self.owner = owner
         self.ttl = timedelta(seconds=ttl_seconds)
+        self.log = logger
         self._bucket, self._key, _ = fs.split_path(path)
         self._etag: str | None = None
         self._stop = threading.Event()
@@ -213,7 +219,7 @@ class S3Lock:
             if age < self.ttl:
                 return f"{_describe(content)}, last heartbeat {age.total_seconds():.0f} s ago"
             if self._put(match=etag):
-                log.warning(
+                self.log.warning(
                     "took over the lock of %s from %s: no heartbeat for %.0f s",
                     self.path,
                     _describe(content),
@@ -237,7 +243,7 @@ class S3Lock:
         except OSError as exc:
             if not _lost_race(exc):
                 raise
-            log.warning("the lock of %s was taken over before this run released it", self.path)
+            self.log.warning("the lock of %s was taken over before this run released it", self.path)
 
     def _put(self, match: str | None) -> bool:
         """Write our record if the lock is absent (``match`` None) or still has etag ``match``."""
@@ -273,7 +279,7 @@ class S3Lock:
                 if not self._put(match=self._etag):
                     current = self._read()
                     holder = "nobody" if current is None else _describe(current[2])
-                    log.error(
+                    self.log.error(
                         "lost the lock of %s to %s: this run and that one may both be writing "
                         "the output",
                         self.path,
@@ -282,7 +288,7 @@ class S3Lock:
                     return
             except OSError as exc:
                 # The next beat may get through; only TTL without one makes the lock stale.
-                log.warning("heartbeat of the lock %s failed: %s", self.path, exc)
+                self.log.warning("heartbeat of the lock %s failed: %s", self.path, exc)
 
 
 def _lost_race(exc: OSError) -> bool:

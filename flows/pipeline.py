@@ -92,7 +92,7 @@ def batch_pipeline(
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything
     layout = OutputLayout(output)
-    with output_lock(layout, f"flow run {flow_run.name} ({flow_run.id})"):
+    with output_lock(layout, f"flow run {flow_run.name} ({flow_run.id})", logger=get_run_logger()):
         claim_output(layout, source, job.request_fingerprint())
         storage = result_storage_for(layout)
         give_up_after = suspend_after_seconds if is_deployed() else None
