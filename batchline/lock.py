@@ -79,6 +79,7 @@ class Owner(BaseModel):
         return cls(host=socket.gethostname(), pid=os.getpid(), run=run, since=datetime.now(UTC))
 
     def describe(self) -> str:
+        """The one-line name of the holder that a refusal shows."""
         since = f"{self.since:%Y-%m-%d %H:%M:%S} UTC"
         return f"{self.run} (pid {self.pid} on {self.host}, since {since})"
 
@@ -110,9 +111,9 @@ def output_lock(
     path = layout.path(None, LOCK_NAME)
     lock: _Lock
     if isinstance(layout.fs, LocalFileSystem):
-        lock = LocalLock(path, owner)
+        lock = _LocalLock(path, owner)
     else:
-        lock = S3Lock(layout.fs, path, owner, ttl_seconds, logger)
+        lock = _S3Lock(layout.fs, path, owner, ttl_seconds, logger)
     deadline = time.monotonic() + wait_seconds
     try:
         holder = lock.try_acquire()
@@ -144,7 +145,7 @@ def _describe(content: bytes) -> str:
         return "another run (it has not written its name yet)"
 
 
-class LocalLock:
+class _LocalLock:
     """``flock`` on a file; the file is removed on release, so a clean run leaves nothing."""
 
     def __init__(self, path: str, owner: Owner) -> None:
@@ -178,8 +179,10 @@ class LocalLock:
         if self._fd is None:
             return
         # Unlink before unlocking: the other order would let a waiter lock the unlinked file
-        # while a newcomer creates and locks a new one.
-        os.unlink(self.path)
+        # while a newcomer creates and locks a new one. The file is gone if the whole output was
+        # deleted during the run, and that run's own error says more than this one would.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
 
@@ -191,7 +194,7 @@ def _same_file(fd: int, path: str) -> bool:
         return False
 
 
-class S3Lock:
+class _S3Lock:
     """An object rewritten by a heartbeat thread; every write conditional on what was read."""
 
     def __init__(
@@ -241,9 +244,16 @@ class S3Lock:
         try:
             self.fs.call_s3("delete_object", Bucket=self._bucket, Key=self._key, IfMatch=self._etag)
         except OSError as exc:
-            if not _lost_race(exc):
-                raise
-            self.log.warning("the lock of %s was taken over before this run released it", self.path)
+            # Failing a finished run here would be worse than a lock that goes stale.
+            if _lost_race(exc):
+                self.log.warning("the lock %s was taken over before this run ended", self.path)
+            else:
+                self.log.warning(
+                    "could not remove the lock %s (%s); the next run takes it over after %.0f s",
+                    self.path,
+                    exc,
+                    self.ttl.total_seconds(),
+                )
 
     def _put(self, match: str | None) -> bool:
         """Write our record if the lock is absent (``match`` None) or still has etag ``match``."""

@@ -1,5 +1,5 @@
 """The output lock on an s3:// prefix, against moto's S3 server: a heartbeat keeps it, a lock whose
-heartbeat stopped is taken over."""
+heartbeat stopped is taken over, and a holder that lost its lock says so and leaves the new one."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import socket
+import time
 
 import pytest
 import s3fs
 
 from batchline.config import ConfigError
-from batchline.lock import LOCK_NAME, output_lock
+from batchline.lock import LOCK_NAME, Owner, output_lock
 from batchline.storage import OutputLayout
 from tests.s3.conftest import BUCKET
 from tests.support import lock_holder
@@ -69,3 +70,20 @@ def test_a_stale_heartbeat_is_taken_over(
         pass
     assert f"in use by flow run holder (pid {holder.pid} " in caplog.text, "it waited first"
     assert f"took over the lock of {BUCKET}/out/{LOCK_NAME} from flow run holder" in caplog.text
+
+
+def test_a_holder_whose_lock_was_taken_over_says_so_and_leaves_the_new_lock(
+    s3: s3fs.S3FileSystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = OutputLayout(OUTPUT)
+    lock_object = f"{BUCKET}/out/{LOCK_NAME}"
+    with (
+        caplog.at_level(logging.WARNING, logger="batchline.lock"),
+        output_lock(layout, "flow run stalled", ttl_seconds=TTL),
+    ):
+        # What a run that found this holder stale leaves: its own record in the lock.
+        s3.pipe(lock_object, Owner.this_process("flow run usurper").model_dump_json().encode())
+        time.sleep(TTL / 2)  # at least one heartbeat (every TTL / 4)
+    assert f"lost the lock of {lock_object} to flow run usurper (pid " in caplog.text
+    assert f"the lock {lock_object} was taken over before this run ended" in caplog.text
+    assert Owner.model_validate_json(s3.cat(lock_object)).run == "flow run usurper"
