@@ -14,10 +14,12 @@ from typing import ParamSpec, TypeVar
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 
 from batchline.build import BuildSummary, check_submittable
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
 from batchline.ledger import Ledger
+from batchline.lock import output_lock
 from batchline.pricing import check_max_tokens
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
@@ -70,6 +72,7 @@ def batch_pipeline(
     environment, never from a parameter. ``job_block`` (a saved BatchJob) replaces model,
     max_tokens, template, system and max_attempts. From a deployment, a run whose batches are
     still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
+    The run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses.
     """
     job = job_config_for(
         job_block,
@@ -89,27 +92,28 @@ def batch_pipeline(
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything
     layout = OutputLayout(output)
-    claim_output(layout, source, job.request_fingerprint())
-    storage = result_storage_for(layout)
-    give_up_after = suspend_after_seconds if is_deployed() else None
+    with output_lock(layout, f"flow run {flow_run.name} ({flow_run.id})", logger=get_run_logger()):
+        claim_output(layout, source, job.request_fingerprint())
+        storage = result_storage_for(layout)
+        give_up_after = suspend_after_seconds if is_deployed() else None
 
-    loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
-    built = build_requests.with_options(result_storage=storage)(layout.root, job, loaded)
-    if dry_run:
-        check_submittable(built, job)
-        get_run_logger().info("dry run: %s", built.model_dump_json())
-        return built
-    approve_spend(built, job)
-    run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
-    still_running = run.until_done("new")
-    if still_running is None and count_pending(layout, job, "retry"):
-        still_running = on_this_task_runner(retry_failed)(run)
-    if still_running is not None and still_running.expires_at is not None:
-        suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
-    batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
-    summary = write_parquet.with_options(result_storage=storage)(layout.root, built, batch_ids)
-    publish_summary(summary)
-    return summary
+        loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
+        built = build_requests.with_options(result_storage=storage)(layout.root, job, loaded)
+        if dry_run:
+            check_submittable(built, job)
+            get_run_logger().info("dry run: %s", built.model_dump_json())
+            return built
+        approve_spend(built, job)
+        run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
+        still_running = run.until_done("new")
+        if still_running is None and count_pending(layout, job, "retry"):
+            still_running = on_this_task_runner(retry_failed)(run)
+        if still_running is not None and still_running.expires_at is not None:
+            suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
+        batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
+        summary = write_parquet.with_options(result_storage=storage)(layout.root, built, batch_ids)
+        publish_summary(summary)
+        return summary
 
 
 @dataclass(frozen=True)

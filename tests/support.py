@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -76,6 +78,30 @@ def finish(process: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int,
     """Wait for a CLI run; its exit code and everything it printed."""
     out, _ = process.communicate(timeout=timeout)
     return process.returncode, out.decode(errors="replace")
+
+
+@contextmanager
+def lock_holder(output: str, ttl_seconds: float = 60.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holding ``output``'s lock as "flow run holder"; SIGKILLed when the block
+    ends, so that what it leaves is what a killed run leaves."""
+    script = (
+        "import sys, time\n"
+        "from batchline.lock import output_lock\n"
+        "from batchline.storage import OutputLayout\n"
+        "layout, ttl = OutputLayout(sys.argv[1]), float(sys.argv[2])\n"
+        "with output_lock(layout, 'flow run holder', ttl_seconds=ttl):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, output, str(ttl_seconds)], stdout=subprocess.PIPE
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == b"held\n"
+            yield process
+        finally:
+            process.kill()
 
 
 def submitted_batches(output: Path) -> list[str]:
