@@ -1,7 +1,8 @@
 """Load documents from a folder or a tabular file, local or on S3, in bounded shards.
 
-A bad document (empty, binary, not UTF-8, too large, without an id, a duplicate id) becomes a
-document with an ``invalid_reason`` instead of an exception: one bad document never sinks a run.
+A bad document (empty, binary, not UTF-8, too large, without an id, a duplicate id, a file that
+cannot be read such as a dangling symlink) becomes a document with an ``invalid_reason`` instead
+of an exception: one bad document never sinks a run.
 A problem with a whole file (a CSV without the text column) is a ``ConfigError``, raised before
 anything is submitted.
 """
@@ -9,6 +10,7 @@ anything is submitted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +34,13 @@ from batchline.storage import (
     write_stamp,
 )
 
-TEXT_SUFFIXES = (".txt", ".md")
+log = logging.getLogger(__name__)
+
+# Matched case-insensitively: .TXT and .JSONL files are documents too.
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+# How many of the files the loader does not read its warning names.
+NAMED_UNREAD = 5
 
 
 @dataclass(frozen=True)
@@ -46,24 +53,97 @@ class Document:
     invalid_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class SourceEntry:
+    """A file of the source with a readable suffix; ``problem`` says why it cannot be read."""
+
+    path: str
+    rel: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """What a source holds: the entries the loader reads and the names of the files it skips."""
+
+    entries: list[SourceEntry]
+    unread: list[str]
+
+
 def list_source_files(source: str) -> list[tuple[str, str]]:
     """(path, relative name) of every readable file of a source, in a stable order."""
-    fs, root = filesystem(source)
-    if not fs.exists(root):
-        raise ConfigError(f"source {source!r} does not exist")
+    return [(e.path, e.rel) for e in scan_source(source).entries if e.problem is None]
+
+
+def scan_source(source: str) -> SourceListing:
+    """Every file of a source: those with a document suffix, readable or not, and the others."""
+    fs, root = _existing_source(source)
     if not fs.isdir(root):
-        if not root.endswith(TEXT_SUFFIXES + TABLE_SUFFIXES):
+        if not _has_suffix(root, TEXT_SUFFIXES + TABLE_SUFFIXES):
             raise ConfigError(
                 f"source {source!r} is not a folder nor a {'/'.join(TABLE_SUFFIXES)} file"
             )
-        return [(root, root.rsplit("/", 1)[-1])]
+        return SourceListing([SourceEntry(root, root.rsplit("/", 1)[-1])], [])
     root = root.rstrip("/")
-    paths = sorted(
-        p
-        for p in fs.find(root)
-        if p.endswith(TEXT_SUFFIXES + TABLE_SUFFIXES) and not p.rsplit("/", 1)[-1].startswith(".")
-    )
-    return [(p, p[len(root) + 1 :]) for p in paths]
+    entries: list[SourceEntry] = []
+    unread: list[str] = []
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        rel = path[len(root) + 1 :]
+        hidden = rel.rsplit("/", 1)[-1].startswith(".")
+        if hidden or not _has_suffix(path, TEXT_SUFFIXES + TABLE_SUFFIXES):
+            unread.append(rel)
+        else:
+            # A local listing does not follow symlinks: a link, a FIFO or a device is "other".
+            problem = None if info.get("type") == "file" else _unreadable(fs, path)
+            entries.append(SourceEntry(path, rel, problem))
+    return SourceListing(entries, unread)
+
+
+def check_source_and_output(source: str, output: str) -> None:
+    """Refuse, before the output is claimed, a source that does not exist or holds the output.
+
+    An output inside its source would be read back as documents by the next run.
+    """
+    _existing_source(source)
+    source_path, output_path = _comparable(source), _comparable(output)
+    if output_path == source_path or output_path.startswith(source_path + "/"):
+        raise ConfigError(
+            f"output {output} is inside source {source}, so the next run would read it as "
+            "documents; choose an output outside the source"
+        )
+
+
+def _existing_source(source: str) -> tuple[Any, str]:
+    fs, root = filesystem(source)
+    if not fs.exists(root):
+        raise ConfigError(f"source {source!r} does not exist")
+    return fs, root
+
+
+def _comparable(location: str) -> str:
+    """A location as a string that is a prefix of everything under it (symlinks resolved)."""
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.realpath(location)
+
+
+def _has_suffix(path: str, suffixes: tuple[str, ...]) -> bool:
+    return path.lower().endswith(suffixes)
+
+
+def _unreadable(fs: Any, path: str) -> str | None:
+    """Why the entry at ``path`` cannot be read as a file (following symlinks), or None."""
+    try:
+        kind = fs.info(path).get("type")
+    except OSError as exc:
+        return _read_error(exc)
+    if kind == "file":
+        return None
+    return "unreadable: a directory" if kind == "directory" else "unreadable: not a regular file"
+
+
+def _read_error(exc: OSError) -> str:
+    return f"unreadable: {exc.strerror or exc}"
 
 
 def source_fingerprint(source: str, options: SourceOptions) -> str:
@@ -126,13 +206,31 @@ def iter_shards(source: str, options: SourceOptions) -> Iterator[list[Document]]
 
 def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
     fs, _ = filesystem(source)
-    for path, rel in list_source_files(source):
-        if path.endswith(TEXT_SUFFIXES):
-            with fs.open(path, "rb") as handle:
-                raw = handle.read(options.max_document_bytes + 1)
-            yield _text_document(rel.rsplit(".", 1)[0], raw, options)
-        else:
-            yield from _iter_table_rows(fs, path, rel, options)
+    listing = scan_source(source)
+    if listing.unread:
+        log.warning(
+            "%d files not read (hidden, or not %s): %s%s",
+            len(listing.unread),
+            "/".join(TEXT_SUFFIXES + TABLE_SUFFIXES),
+            ", ".join(listing.unread[:NAMED_UNREAD]),
+            ", ..." if len(listing.unread) > NAMED_UNREAD else "",
+        )
+    for entry in listing.entries:
+        is_text = _has_suffix(entry.path, TEXT_SUFFIXES)
+        # An unreadable text file is its document; an unreadable table, a row named by the file.
+        doc_id = entry.rel.rsplit(".", 1)[0] if is_text else entry.rel
+        if entry.problem is not None:
+            yield Document(doc_id, None, invalid_reason=entry.problem)
+            continue
+        try:
+            if is_text:
+                with fs.open(entry.path, "rb") as handle:
+                    raw = handle.read(options.max_document_bytes + 1)
+                yield _text_document(doc_id, raw, options)
+            else:
+                yield from _iter_table_rows(fs, entry.path, entry.rel, options)
+        except OSError as exc:
+            yield Document(doc_id, None, invalid_reason=_read_error(exc))
 
 
 def _text_document(doc_id: str, raw: bytes, options: SourceOptions) -> Document:
@@ -205,7 +303,7 @@ def _iter_raw_rows(
     fs: Any, path: str, rel: str, options: SourceOptions
 ) -> Iterator[dict[str, Any] | str]:
     """Rows of a tabular file as dicts; a JSONL line that does not parse comes as its error."""
-    if path.endswith(".jsonl"):
+    if _has_suffix(path, (".jsonl",)):
         with fs.open(path, "rb") as handle:
             for line in handle:
                 if not line.strip():
@@ -217,7 +315,7 @@ def _iter_raw_rows(
                     continue
                 yield value if isinstance(value, dict) else "line is not a JSON object"
         return
-    if path.endswith(".csv"):
+    if _has_suffix(path, (".csv",)):
         with fs.open(path, "rb") as handle:
             chunks = pd.read_csv(
                 handle, dtype=str, keep_default_na=False, chunksize=options.shard_size

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -7,7 +9,7 @@ import pandas as pd
 import pytest
 
 from batchline.config import ConfigError, SourceOptions
-from batchline.load import iter_shards, source_fingerprint
+from batchline.load import check_source_and_output, iter_shards, source_fingerprint
 
 
 def _docs(source: Path, **options: int) -> dict[str, tuple[str | None, str | None]]:
@@ -87,3 +89,63 @@ def test_fingerprint_changes_with_content_and_options(tmp_path: Path) -> None:
     assert before != source_fingerprint(str(tmp_path), SourceOptions(shard_size=5))
     (tmp_path / "b.txt").write_text("beta")
     assert before != source_fingerprint(str(tmp_path), SourceOptions())
+
+
+def test_suffixes_match_in_any_case_and_unread_files_are_named_in_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "upper.TXT").write_text("upper")
+    (tmp_path / "notes.markdown").write_text("markdown")
+    (tmp_path / "rows.JSONL").write_text('{"id": "row", "text": "from jsonl"}\n')
+    for name in ("a.rst", "b.doc", ".hidden.txt", "c.pdf", "d.html", "e.xml"):
+        (tmp_path / name).write_text("not read")
+    with caplog.at_level(logging.WARNING, logger="batchline.load"):
+        docs = _docs(tmp_path)
+    assert docs == {
+        "upper": ("upper", None),
+        "notes": ("markdown", None),
+        "row": ("from jsonl", None),
+    }
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == (
+        "6 files not read (hidden, or not .txt/.md/.markdown/.jsonl/.csv/.parquet): "
+        ".hidden.txt, a.rst, b.doc, c.pdf, d.html, ..."
+    )
+
+
+def test_unreadable_entries_become_invalid_documents_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    # The tests run as root, which reads a file whatever its mode; these entries fail for root
+    # too: on stat (dangling, looping), on open (a directory), on read (/proc/self/mem at 0).
+    (tmp_path / "good.txt").write_text("good")
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "missing.txt")
+    (tmp_path / "loop.txt").symlink_to(tmp_path / "loop.txt")
+    (tmp_path / "folder.md").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "memory.txt").symlink_to("/proc/self/mem")
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "missing.jsonl")
+    os.mkfifo(tmp_path / "pipe.txt")  # opening it would block: it must not be opened
+    assert _docs(tmp_path) == {
+        "good": ("good", None),
+        "dangling": (None, "unreadable: No such file or directory"),
+        "loop": (None, "unreadable: Too many levels of symbolic links"),
+        "folder": (None, "unreadable: a directory"),
+        "memory": (None, "unreadable: Invalid argument"),
+        "gone.jsonl": (None, "unreadable: No such file or directory"),
+        "pipe": (None, "unreadable: not a regular file"),
+    }
+
+
+def test_output_inside_the_source_and_a_missing_source_are_refused(tmp_path: Path) -> None:
+    source = tmp_path / "docs"
+    source.mkdir()
+    check_source_and_output(str(source), str(tmp_path / "out"))
+    for output in (source, source / "out", source / "deep" / "out"):
+        with pytest.raises(ConfigError, match=f"output {output} is inside source {source}"):
+            check_source_and_output(str(source), str(output))
+    # Through a symlink too: the paths are compared resolved.
+    (tmp_path / "alias").symlink_to(source, target_is_directory=True)
+    with pytest.raises(ConfigError, match="is inside source"):
+        check_source_and_output(str(source), str(tmp_path / "alias" / "out"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_source_and_output(str(tmp_path / "typo"), str(tmp_path / "out"))
