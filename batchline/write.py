@@ -98,6 +98,9 @@ def write_results(layout: OutputLayout) -> RunSummary:
             }
         )
         _write_part(layout, f"invalid-{name}", rows, tally, wanted)
+    if not wanted:  # no documents: still a table with the schema, so reading results works
+        layout.write_table("results", "empty.parquet", schemas.RESULTS.empty_table())
+        wanted.add("empty.parquet")
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
     for model in sorted(tally.unpriced):

@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from batchline.build import BuildSummary, check_submittable
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
 from batchline.ledger import Ledger
+from batchline.load import check_source_and_output
 from batchline.lock import output_lock
 from batchline.pricing import check_max_tokens
 from batchline.retry import Submission
@@ -89,6 +90,7 @@ def batch_pipeline(
     )
     check_max_tokens(job.model, job.max_tokens)
     options = SourceOptions(id_column=id_column, text_column=text_column, shard_size=shard_size)
+    check_source_and_output(source, output)  # before claim_output: a typo must claim nothing
     if not dry_run:
         client_for(credentials_block)  # no key: fail before loading anything
     layout = OutputLayout(output)

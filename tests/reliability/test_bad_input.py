@@ -14,6 +14,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from batchline import schemas
 from batchline.cli import main
 from batchline.emulator import Emulator
 from tests.support import write_documents
@@ -92,6 +93,8 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
         ("output-under-a-file", "cannot be used"),
         ("output-not-empty", "is not empty and not a batchline output (it holds notes.txt)"),
         ("no-api-key", "no Anthropic API key: set ANTHROPIC_API_KEY"),
+        ("output-inside-source", "docs/out is inside source "),
+        ("source-missing", "docs-typo' does not exist"),
     ],
 )
 def test_unusable_setting_exits_2_naming_it_before_any_spend(
@@ -124,14 +127,18 @@ def test_unusable_setting_exits_2_naming_it_before_any_spend(
             (output / "notes.txt").write_text("someone's notes")
         case "no-api-key":
             monkeypatch.delenv("ANTHROPIC_API_KEY")
+        case "output-inside-source":
+            output = source / "out"
+        case "source-missing":
+            source = tmp_path / "docs-typo"
 
     code, printed = _cli(capsys, "run", str(source), "--output", str(output), *FAST, *extra)
 
     assert code == 2, printed
     assert expected in printed
     assert emulator.stats()["create_calls"] == 0
-    if case == "no-api-key":
-        assert not output.exists(), "nothing may be loaded without a key"
+    if case in ("no-api-key", "output-inside-source", "source-missing"):
+        assert not output.exists(), "nothing may be loaded or claimed"
 
 
 def test_output_of_another_source_is_refused_unless_forced(
@@ -182,3 +189,69 @@ def test_unknown_model_runs_with_a_warning_and_null_cost(
     table = pd.read_parquet(tmp_path / "out" / "results")
     assert set(table.status) == {"succeeded"}
     assert table.cost_usd.isna().all()
+
+
+def test_a_mistyped_source_claims_nothing_so_the_corrected_command_runs(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_documents(tmp_path / "docs", 2)
+    output = str(tmp_path / "out")
+    code, printed = _cli(capsys, "run", str(tmp_path / "dcos"), "--output", output, *FAST)
+    assert code == 2
+    assert "does not exist" in printed
+
+    code, printed = _cli(capsys, "run", str(tmp_path / "docs"), "--output", output, *FAST)
+    assert code == 0, printed
+    assert "rows succeeded 2" in printed
+
+
+def test_unreadable_entries_and_unusual_suffixes_become_rows_and_unread_files_a_warning(
+    tmp_path: Path,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docs = tmp_path / "docs"
+    write_documents(docs, 2)
+    (docs / "LOUD.TXT").write_text("an upper-case suffix")
+    (docs / "notes.markdown").write_text("a markdown suffix")
+    (docs / "rows.JSONL").write_bytes(orjson.dumps({"id": "row", "text": "a jsonl row"}))
+    (docs / "dangling.txt").symlink_to(docs / "deleted.txt")
+    (docs / "loop.md").symlink_to(docs / "loop.md")
+    (docs / "slides.pdf").write_bytes(b"%PDF-1.4")
+
+    with caplog.at_level(logging.WARNING):
+        code, printed = _cli(capsys, "run", str(docs), "--output", str(tmp_path / "out"), *FAST)
+
+    assert code == 0, printed
+    table = pd.read_parquet(tmp_path / "out" / "results")
+    assert dict(
+        zip(table.doc_id, table.status + " " + table.error_message.fillna(""), strict=True)
+    ) == {
+        "doc-0000": "succeeded ",
+        "doc-0001": "succeeded ",
+        "LOUD": "succeeded ",
+        "notes": "succeeded ",
+        "row": "succeeded ",
+        "dangling": "invalid unreadable: No such file or directory",
+        "loop": "invalid unreadable: Too many levels of symbolic links",
+    }
+    assert (
+        "1 files not read (hidden, or not .txt/.md/.markdown/.jsonl/.csv/.parquet): slides.pdf"
+        in caplog.text
+    )
+    assert len(emulator.stats()["requests_per_custom_id"]) == 5
+
+
+def test_an_empty_source_writes_an_empty_results_table_with_the_schema(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "docs").mkdir()
+    code, printed = _cli(
+        capsys, "run", str(tmp_path / "docs"), "--output", str(tmp_path / "out"), *FAST
+    )
+    assert code == 0, printed
+    table = pd.read_parquet(tmp_path / "out" / "results")
+    assert table.empty
+    assert list(table.columns) == schemas.RESULTS.names
+    assert emulator.stats()["create_calls"] == 0
