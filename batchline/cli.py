@@ -107,13 +107,14 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from batchline.config import ConfigError, RunError
+    from batchline.console import quiet_refusals
     from batchline.storage import OutputLayout, release_output
     from flows.pipeline import batch_pipeline
 
     try:
         if args.force:
             release_output(OutputLayout(args.output))
-        with live_status():
+        with live_status(), quiet_refusals():
             result = batch_pipeline(
                 source=args.source,
                 output=args.output,

@@ -17,7 +17,7 @@ import pytest
 from batchline import schemas
 from batchline.cli import main
 from batchline.emulator import Emulator
-from tests.support import write_documents
+from tests.support import finish, run_cli, write_documents
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -255,3 +255,28 @@ def test_an_empty_source_writes_an_empty_results_table_with_the_schema(
     assert table.empty
     assert list(table.columns) == schemas.RESULTS.names
     assert emulator.stats()["create_calls"] == 0
+
+
+@pytest.mark.parametrize("case", ["refused-in-a-task", "refused-in-the-flow"])
+def test_a_refusal_prints_its_line_and_no_traceback(
+    case: str, tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
+) -> None:
+    """Through the `batchline` process, as a user sees it: Prefect's own console included."""
+    _, env = emulator_env()
+    source = tmp_path / "docs"
+    write_documents(source, 2)
+    output = tmp_path / "out"
+    if case == "refused-in-a-task":
+        source = tmp_path / "docs.csv"
+        source.write_text("id,body\n1,hello\n")
+        expected = "batchline: docs.csv: no column 'text' (columns: id, body)"
+    else:
+        output = source / "out"
+        expected = f"batchline: output {output} is inside source {source}"
+
+    code, printed = finish(run_cli(source, output, env))
+
+    assert code == 2, printed
+    assert expected in printed
+    assert "Traceback" not in printed
+    assert "Failed" not in printed
