@@ -27,6 +27,7 @@ from batchline.config import DEFAULT_MODEL
 if TYPE_CHECKING:
     from batchline.build import BuildSummary
     from batchline.write import RunSummary
+    from flows.interrupt import CtrlC
 
 console = Console()
 
@@ -109,12 +110,14 @@ def _run(args: argparse.Namespace) -> int:
     from batchline.config import ConfigError, RunError
     from batchline.console import quiet_refusals
     from batchline.storage import OutputLayout, release_output
+    from flows.interrupt import CtrlC, on_ctrl_c
     from flows.pipeline import batch_pipeline
 
+    ctrl_c = CtrlC()
     try:
         if args.force:
             release_output(OutputLayout(args.output))
-        with live_status(), quiet_refusals():
+        with on_ctrl_c(ctrl_c), live_status(), quiet_refusals():
             result = batch_pipeline(
                 source=args.source,
                 output=args.output,
@@ -140,8 +143,32 @@ def _run(args: argparse.Namespace) -> int:
     except RunError as exc:
         console.print(f"[bold red]batchline: the run stopped: {exc}[/]")
         return 1
+    except KeyboardInterrupt:
+        return _interrupted(args.output, ctrl_c)
     _print_result(result)
     return 0
+
+
+def _interrupted(output: str, ctrl_c: CtrlC) -> int:
+    """After Ctrl-C: the flow run Cancelled, and one line on what is in flight and what to do."""
+    from batchline.storage import OutputLayout
+    from flows.interrupt import INTERRUPTED_EXIT, mark_cancelled
+    from flows.progress import outstanding_batch_ids
+
+    in_flight = outstanding_batch_ids(OutputLayout(output))
+    message = "stopped by Ctrl-C; " + (
+        f"still processing at the API: {', '.join(in_flight)}"
+        if in_flight
+        else "no batch in flight"
+    )
+    message += "; run the same command again to resume"
+    if ctrl_c.flow_run_id is not None:
+        try:
+            mark_cancelled(ctrl_c.flow_run_id, message)
+        except Exception as exc:  # the line below matters more than the run's state in the UI
+            message += f" (flow run {ctrl_c.flow_run_id} could not be marked Cancelled: {exc})"
+    console.print(f"[bold yellow]batchline: {message}[/]")
+    return INTERRUPTED_EXIT
 
 
 class _StatusLine(logging.Handler):

@@ -1,10 +1,11 @@
-"""What the CLI's console shows of Prefect's logs when a run is refused or stops.
+"""What the CLI's console shows of Prefect's logs when a run is refused, stops or is interrupted.
 
 A refusal (ConfigError, a setting pydantic rejects) or a stop (RunError) is an answer for the user,
 not a bug: the CLI prints it as one line saying what to change. Prefect's engine logs the same
-exception first, as a traceback from the task and another from the flow, then as Failed states.
-Those records leave the console only; the API log handler still sends them to the server, so
-deployed runs and the UI keep the full story.
+exception first, as a traceback from the task and another from the flow, then as Failed states;
+it logs a Ctrl-C as a crash of each running task and flow, and the CLI then says what is in flight
+and records the run Cancelled. Those records leave the console only; the API log handler still
+sends them to the server, so deployed runs and the UI keep the full story.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from pydantic import ValidationError
 from batchline.config import ConfigError, RunError
 
 REFUSALS = (ConfigError, RunError, ValidationError)
+# How Prefect's crash records and Crashed states describe a KeyboardInterrupt.
+INTERRUPT = "aborted by an interrupt signal"
 # The loggers whose handlers write to the console: the root's (Prefect's console handler) and
 # those the CLI's live status line adds to the run loggers.
 _CONSOLE_LOGGERS = ("", "prefect.flow_runs", "prefect.task_runs")
 
 
 class QuietRefusals(logging.Filter):
-    """Drops the records of a refusal: those carrying it, then the Failed states that name it."""
+    """Drops the records of a refusal (those carrying it, then the Failed states that name it)
+    and the crash records of a Ctrl-C."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,6 +41,8 @@ class QuietRefusals(logging.Filter):
             return False
         # "Finished in state Failed('... exception: ConfigError: <message>')" has no exc_info.
         message = record.getMessage()
+        if INTERRUPT in message:
+            return False
         return not (
             message.startswith("Finished in state Failed")
             and any(name in message for name in self._refused)
