@@ -43,6 +43,8 @@ class BatchesApi:
         self._budget_lock = threading.Lock()
         self._creates_to_lose = config.lose_creates
         self._downloads_to_cut = config.cut_results
+        self._outage_pending = config.results_outage_seconds > 0
+        self._outage_ends = 0.0
 
     def count_create_call(self) -> None:
         """Record a create POST, whatever happens to it next."""
@@ -50,7 +52,12 @@ class BatchesApi:
 
     def http_fault(self) -> ApiError | None:
         """Draw whether this /v1 call fails before doing anything."""
-        fault = faults.http_fault(self._config, self._store.bump("http_calls"))
+        call_number = self._store.bump("http_calls")
+        fault = (
+            faults.outage()
+            if time.monotonic() < self._outage_ends
+            else faults.http_fault(self._config, call_number)
+        )
         if fault is not None:
             self._store.bump("http_faults")
         return fault
@@ -152,6 +159,13 @@ class BatchesApi:
             raise ApiError(
                 404, "not_found_error", f"Message Batch {batch_id} has no available results."
             )
+        with self._budget_lock:
+            outage, self._outage_pending = self._outage_pending, False
+            if outage:
+                self._outage_ends = time.monotonic() + self._config.results_outage_seconds
+        if outage:
+            self._store.bump("http_faults")
+            raise faults.outage()
         self._store.bump("results_downloads")
         with self._budget_lock:
             cut = self._downloads_to_cut > 0

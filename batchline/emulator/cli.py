@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lose-creates", type=int, metavar="N", help=about("lose_creates"))
     parser.add_argument("--cut-results", type=int, metavar="N", help=about("cut_results"))
     parser.add_argument(
+        "--results-outage",
+        dest="results_outage_seconds",
+        type=float,
+        metavar="S",
+        help=about("results_outage_seconds"),
+    )
+    parser.add_argument(
         "--max-output-tokens", type=int, metavar="N", help=about("max_output_tokens")
     )
     parser.add_argument(

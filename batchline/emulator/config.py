@@ -98,6 +98,15 @@ class EmulatorConfig(BaseModel):
             "close the connection about halfway through the body."
         ),
     )
+    results_outage_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description=(
+            "The first results download after start finds the API down: it, and every /v1 call "
+            "for this many seconds after it, is answered 500 before any side effect."
+        ),
+    )
     max_output_tokens: int = Field(
         64_000, ge=1, description="Largest max_tokens a request may ask for."
     )

@@ -63,3 +63,8 @@ def http_fault(config: EmulatorConfig, call_number: int) -> ApiError | None:
                 status, HTTP_FAULT_TYPES[status], _HTTP_MESSAGES[status], headers=headers
             )
     return None
+
+
+def outage() -> ApiError:
+    """The answer to every /v1 call while the emulated API is down."""
+    return ApiError(500, HTTP_FAULT_TYPES[500], _HTTP_MESSAGES[500])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import anthropic
@@ -174,3 +175,22 @@ def test_a_cut_download_breaks_the_sdk_iteration_then_the_next_one_is_whole(
     assert 0 < len(received) < 30
     assert len(whole) == 30 and whole[: len(received)] == received
     assert emu.stats(per_custom_id=False)["results_downloads"] == 2
+
+
+def test_a_results_outage_answers_every_call_500_until_it_ends(
+    emulator_factory, client, make_requests, wait_ended
+) -> None:
+    emu = emulator_factory(results_outage_seconds=1.0)
+    batches = client(emu, max_retries=0).messages.batches
+    batch = batches.create(requests=make_requests(3))
+    wait_ended(batches, batch.id)
+
+    with pytest.raises(anthropic.InternalServerError):
+        list(batches.results(batch.id))
+    with pytest.raises(anthropic.InternalServerError):
+        batches.retrieve(batch.id)
+    time.sleep(1.1)
+
+    assert len(list(batches.results(batch.id))) == 3
+    stats = emu.stats(per_custom_id=False)
+    assert (stats["http_faults"], stats["results_downloads"]) == (2, 1)
