@@ -1,8 +1,11 @@
-"""The one place that decides whether a request is worth submitting (again)."""
+"""The one place that decides whether something is worth trying again: a request, an API call."""
 
 from __future__ import annotations
 
 from typing import Literal
+
+import anthropic
+import httpx2
 
 from batchline.ledger import RequestState
 
@@ -44,3 +47,16 @@ def submission_kind(
 def needs_submission(state: RequestState | None, params_hash: str, max_attempts: int) -> bool:
     """Whether a manifest request should go into the next batch, as new or as a retry."""
     return submission_kind(state, params_hash, max_attempts) is not None
+
+
+def is_transient_api_failure(error: BaseException) -> bool:
+    """Whether an API call that failed with ``error`` (after the SDK's own retries) can succeed
+    later: a connection error, a results download cut off, a 5xx or a 429. A 4xx other than 429
+    would fail the same way again, and a ConfigError or RunError is an answer, not an outage."""
+    match error:
+        case anthropic.APIConnectionError() | anthropic.RateLimitError() | httpx2.TransportError():
+            return True
+        case anthropic.APIStatusError():
+            return error.status_code >= 500
+        case _:
+            return False

@@ -38,6 +38,7 @@ from flows.progress import (
     outstanding_batch_ids,
     update_progress,
 )
+from flows.retries import OUTAGE_RETRIES, OUTAGE_RETRY_DELAYS, after_an_outage
 
 
 def _key(*parts: object) -> str:
@@ -144,7 +145,13 @@ class Waited(BaseModel):
     expires_at: datetime | None = Field(None, description="Last expiry of those still running.")
 
 
-@task(name="wait", cache_policy=NO_CACHE)
+@task(
+    name="wait",
+    cache_policy=NO_CACHE,
+    retries=OUTAGE_RETRIES,
+    retry_delay_seconds=OUTAGE_RETRY_DELAYS,
+    retry_condition_fn=after_an_outage,
+)
 def wait(
     output: str, job: JobConfig, credentials: str | None, give_up_after: float | None = None
 ) -> Waited:
@@ -178,6 +185,9 @@ def wait(
     task_run_name="collect-{batch_id}",
     cache_key_fn=_collect_key,
     persist_result=True,
+    retries=OUTAGE_RETRIES,
+    retry_delay_seconds=OUTAGE_RETRY_DELAYS,
+    retry_condition_fn=after_an_outage,
 )
 def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBatch:
     """Download one ended batch's results; batches are mapped, so they download concurrently."""

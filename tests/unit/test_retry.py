@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import anthropic
+import httpx2
 import pytest
 
+from batchline.config import ConfigError, RunError
 from batchline.ledger import RequestState
-from batchline.retry import is_retryable, needs_submission
+from batchline.retry import is_retryable, is_transient_api_failure, needs_submission
 
 
 @pytest.mark.parametrize(
@@ -43,3 +46,30 @@ def test_needs_submission_counts_attempts_per_params() -> None:
     assert needs_submission(done, "h2", 3)
     in_flight = RequestState("h1", attempts=1, batch_id="b")
     assert not needs_submission(in_flight, "h1", 3)
+
+
+def _status_error(status: int) -> anthropic.APIStatusError:
+    request = httpx2.Request("GET", "https://api.anthropic.com/v1/messages/batches/b")
+    response = httpx2.Response(status, request=request)
+    # The SDK's own mapping from status to class, as a failed call would raise it.
+    return anthropic.Anthropic(api_key="k")._make_status_error(
+        "emulated", body=None, response=response
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(429, True), (500, True), (503, True), (529, True), (400, False), (404, False)],
+)
+def test_api_failures_worth_another_try_are_5xx_and_429(status: int, expected: bool) -> None:
+    assert is_transient_api_failure(_status_error(status)) is expected
+
+
+def test_connection_failures_are_transient_and_answers_are_not() -> None:
+    request = httpx2.Request("GET", "https://api.anthropic.com/v1/messages/batches/b")
+    assert is_transient_api_failure(anthropic.APIConnectionError(request=request))
+    assert is_transient_api_failure(anthropic.APITimeoutError(request=request))
+    assert is_transient_api_failure(httpx2.RemoteProtocolError("peer closed connection"))
+    assert not is_transient_api_failure(ConfigError("no API key"))
+    assert not is_transient_api_failure(RunError("results past their retention"))
+    assert not is_transient_api_failure(ValueError("a bug"))
