@@ -25,3 +25,13 @@ def test_a_refusal_and_its_failed_state_are_dropped_and_other_failures_kept() ->
     assert quiet.filter(_record("Encountered exception during execution", KeyError("bug")))
     assert quiet.filter(_record("Finished in state Failed('... exception: KeyError: bug')"))
     assert quiet.filter(_record("Finished in state Completed()"))
+
+
+def test_the_crash_records_of_a_ctrl_c_are_dropped() -> None:
+    quiet = QuietRefusals()
+    assert not quiet.filter(
+        _record("Crash detected! Execution was aborted by an interrupt signal.")
+    )
+    assert not quiet.filter(
+        _record("Finished in state Crashed('Execution was aborted by an interrupt signal.')")
+    )
