@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from batchline.config import ConfigError, RunError
-    from batchline.console import quiet_refusals
+    from batchline.console import one_line, quiet_refusals
     from batchline.storage import OutputLayout, release_output
     from flows.interrupt import CtrlC, on_ctrl_c
     from flows.pipeline import batch_pipeline
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
                 credentials_block=args.credentials_block,
             )
     except (ConfigError, ValidationError) as exc:
-        console.print(f"[bold red]batchline: {exc}[/]")
+        console.print(f"[bold red]batchline: {escape(one_line(exc))}[/]")
         return 2
     except RunError as exc:
         console.print(f"[bold red]batchline: the run stopped: {exc}[/]")

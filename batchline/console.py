@@ -49,6 +49,15 @@ class QuietRefusals(logging.Filter):
         )
 
 
+def one_line(refusal: BaseException) -> str:
+    """A refusal as the one line the CLI prints: pydantic's own message spans several."""
+    if isinstance(refusal, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in refusal.errors()
+        )
+    return str(refusal)
+
+
 @contextmanager
 def quiet_refusals() -> Iterator[None]:
     """While the block runs, the console shows no traceback or Failed state of a refusal."""

@@ -88,8 +88,11 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
     [
         ("csv-without-text-column", "docs.csv: no column 'text' (columns: id, body)"),
         ("template-unknown-field", "template '{title}: {text}' fails for every document"),
-        ("max-tokens-zero", "max_tokens Input should be greater than or equal to 1"),
-        ("max-tokens-too-large", "max_tokens Input should be less than or equal to 128000"),
+        ("max-tokens-zero", "batchline: max_tokens: Input should be greater than or equal to 1"),
+        (
+            "max-tokens-too-large",
+            "batchline: max_tokens: Input should be less than or equal to 128000",
+        ),
         ("output-under-a-file", "cannot be used"),
         ("output-not-empty", "is not empty and not a batchline output (it holds notes.txt)"),
         ("no-api-key", "no Anthropic API key: set ANTHROPIC_API_KEY"),
