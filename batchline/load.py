@@ -155,8 +155,16 @@ def source_fingerprint(source: str, options: SourceOptions) -> str:
     """
     fs, _ = filesystem(source)
     digest = hashlib.sha256(options.model_dump_json().encode())
-    for path, rel in list_source_files(source):
-        digest.update(f"{rel}\0{_content_hash(fs, path)}\n".encode())
+    for entry in scan_source(source).entries:
+        # An entry that cannot be read is an invalid row of the load step, not a failed run:
+        # its reason stands in for its content.
+        content = entry.problem
+        if content is None:
+            try:
+                content = _content_hash(fs, entry.path)
+            except OSError as exc:
+                content = _read_error(exc)
+        digest.update(f"{entry.rel}\0{content}\n".encode())
     return digest.hexdigest()
 
 

@@ -117,7 +117,7 @@ class _Tally:
     def __init__(self) -> None:
         self.by_status: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
-        self.cost: float | None = None
+        self.cost = 0.0
         self.unpriced: set[str] = set()
 
     def add(self, rows: pa.Table) -> None:
@@ -125,19 +125,19 @@ class _Tally:
             self.by_status[item["values"]] += item["counts"]
         for column in _TOKEN_COLUMNS:
             self.tokens[column] += pc.sum(rows.column(column)).as_py() or 0
-        cost = pc.sum(rows.column("cost_usd")).as_py()
-        if cost is not None:
-            self.cost = (self.cost or 0.0) + cost
+        self.cost += pc.sum(rows.column("cost_usd")).as_py() or 0.0
 
     def summary(self, output: str, batches: int) -> RunSummary:
+        # With a model unpriced, the sum of the priced rows would understate the bill: unknown.
+        cost = None if self.unpriced else self.cost
         discount = price_table().batch_discount
         return RunSummary(
             output=output,
             rows=sum(self.by_status.values()),
             by_status=dict(self.by_status),
             tokens=dict(self.tokens),
-            cost_usd=self.cost,
-            standard_cost_usd=None if self.cost is None else self.cost / discount,
+            cost_usd=cost,
+            standard_cost_usd=None if cost is None else cost / discount,
             batches=batches,
             unpriced_models=sorted(self.unpriced),
         )

@@ -258,6 +258,7 @@ def test_an_empty_source_writes_an_empty_results_table_with_the_schema(
     assert table.empty
     assert list(table.columns) == schemas.RESULTS.names
     assert emulator.stats()["create_calls"] == 0
+    assert "$0.0000" in printed and "unknown (no price)" not in printed  # nothing was paid
 
 
 @pytest.mark.parametrize("case", ["refused-in-a-task", "refused-in-the-flow"])

@@ -134,6 +134,11 @@ def test_unreadable_entries_become_invalid_documents_and_the_rest_is_read(
         "gone.jsonl": (None, "unreadable: No such file or directory"),
         "pipe": (None, "unreadable: not a regular file"),
     }
+    # The load step's cache key reads the same entries: an unreadable one is its reason there,
+    # not an error that fails the run before any row is written.
+    before = source_fingerprint(str(tmp_path), SourceOptions())
+    (tmp_path / "missing.txt").write_text("now there")
+    assert source_fingerprint(str(tmp_path), SourceOptions()) != before
 
 
 def test_output_inside_the_source_and_a_missing_source_are_refused(tmp_path: Path) -> None:
