@@ -83,6 +83,23 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--system", default=None, help="system prompt (sent with cache_control)")
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument(
+        "--output-schema",
+        default=None,
+        metavar="FILE.json",
+        help="JSON Schema every reply must match; its fields become typed columns",
+    )
+    parser.add_argument(
+        "--output-model",
+        default=None,
+        metavar="package.module:Model",
+        help="a Pydantic model giving that schema, instead of --output-schema",
+    )
+    parser.add_argument(
+        "--retry-invalid-output",
+        action="store_true",
+        help="resubmit replies that did not parse or match the schema (they are paid for)",
+    )
     parser.add_argument("--poll-interval", type=float, default=10.0, help="first poll wait, s")
     parser.add_argument("--max-poll-interval", type=float, default=300.0)
     parser.add_argument("--max-cost-usd", type=float, default=None)
@@ -121,6 +138,9 @@ def _run(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
                 template=args.template,
                 system=args.system,
+                output_schema=args.output_schema,
+                output_model=args.output_model,
+                retry_invalid_output=args.retry_invalid_output,
                 max_attempts=args.max_attempts,
                 poll_interval=args.poll_interval,
                 max_poll_interval=args.max_poll_interval,

@@ -84,6 +84,11 @@ RESULTS = pa.schema(
 )
 
 
+def results(structured: pa.Schema | None = None) -> pa.Schema:
+    """The final table's schema: RESULTS, then a run's typed structured-output columns if any."""
+    return RESULTS if structured is None else pa.schema([*RESULTS, *structured])
+
+
 def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table of ``schema`` from row dicts (missing keys are null)."""
     return pa.Table.from_pylist(rows, schema=schema)

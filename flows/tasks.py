@@ -75,6 +75,7 @@ def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
         p["built"].fingerprint,
         job.max_attempts,
         job.max_batches_in_flight,
+        job.retry_invalid_output,
         p["kind"],
         p["round"],
     )
@@ -179,9 +180,16 @@ def wait(
     cache_key_fn=_collect_key,
     persist_result=True,
 )
-def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBatch:
+def collect(
+    output: str,
+    batch_id: str,
+    credentials: str | None,
+    output_schema: dict[str, Any] | None = None,
+) -> CollectedBatch:
     """Download one ended batch's results; batches are mapped, so they download concurrently."""
-    collected = collect_entry(client_for(credentials), OutputLayout(output), batch_id)
+    collected = collect_entry(
+        client_for(credentials), OutputLayout(output), batch_id, output_schema=output_schema
+    )
     get_run_logger().info(
         "collected %s in process %d: %s", batch_id, os.getpid(), collected.by_status
     )
@@ -189,8 +197,13 @@ def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBat
 
 
 @task(name="write-parquet", cache_key_fn=_write_key, persist_result=True)
-def write_parquet(output: str, built: BuildSummary, batch_ids: list[str]) -> RunSummary:
-    summary = write_results(OutputLayout(output))
+def write_parquet(
+    output: str,
+    built: BuildSummary,
+    batch_ids: list[str],
+    output_schema: dict[str, Any] | None = None,
+) -> RunSummary:
+    summary = write_results(OutputLayout(output), output_schema)
     get_run_logger().info(
         "wrote %d rows to %s: %s", summary.rows, summary.output, summary.by_status
     )
@@ -205,11 +218,15 @@ RUN_SETTINGS = (
     "max_cost_usd",
     "max_requests_per_batch",
     "max_batches_in_flight",
+    "retry_invalid_output",
 )
 
 
 def job_config_for(job_block: str | None, **settings: Any) -> JobConfig:
-    """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings."""
+    """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings.
+
+    A block's output schema or model is checked like a parameter's: a ConfigError naming it.
+    """
     if not job_block:
         return JobConfig(**settings)
     from blocks.job import BatchJob
