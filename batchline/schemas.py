@@ -2,6 +2,8 @@
 
 Nested content (tool_use input, extra document columns, request params) is stored as JSON strings
 so the schemas stay flat and stable whatever the documents or the model return.
+The one exception is asked for: a run with an output schema gets its fields as typed columns
+(structs and lists included) after the standard ones, from ``results``.
 """
 
 from __future__ import annotations
