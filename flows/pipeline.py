@@ -23,7 +23,6 @@ from batchline.lock import output_lock
 from batchline.pricing import check_max_tokens
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
-from batchline.structured import load_output_schema
 from batchline.submit import count_pending
 from batchline.write import RunSummary
 from flows.progress import outstanding_batch_ids
@@ -88,7 +87,8 @@ def batch_pipeline(
         max_tokens=max_tokens,
         template=template,
         system=system,
-        output_schema=load_output_schema(output_schema, output_model),
+        output_schema=output_schema,
+        output_model=output_model,
         retry_invalid_output=retry_invalid_output,
         max_attempts=max_attempts,
         poll_interval=poll_interval,

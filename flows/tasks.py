@@ -28,6 +28,7 @@ from batchline.config import ConfigError, JobConfig, SourceOptions
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
 from batchline.retry import Submission
 from batchline.storage import Area, OutputLayout, stamped_summary
+from batchline.structured import load_output_schema
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
 from batchline.write import RunSummary, results_inputs, write_results
@@ -222,13 +223,19 @@ RUN_SETTINGS = (
 )
 
 
-def job_config_for(job_block: str | None, **settings: Any) -> JobConfig:
+def job_config_for(
+    job_block: str | None,
+    output_schema: dict[str, Any] | str | None = None,
+    output_model: str | None = None,
+    **settings: Any,
+) -> JobConfig:
     """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings.
 
-    A block's output schema or model is checked like a parameter's: a ConfigError naming it.
+    The output schema (a schema, a .json path, or ``output_model``), the run's or the block's, is
+    read and checked here, so a bad one is a ConfigError naming it before anything is loaded.
     """
     if not job_block:
-        return JobConfig(**settings)
+        return JobConfig(**settings, output_schema=load_output_schema(output_schema, output_model))
     from blocks.job import BatchJob
 
     block = BatchJob.load(job_block)

@@ -14,10 +14,12 @@ import pyarrow.dataset as ds
 import pytest
 from pydantic import BaseModel
 
+from batchline.config import ConfigError
 from batchline.emulator import Emulator
 from batchline.schemas import RESULTS
 from batchline.structured import output_format
 from batchline.write import RunSummary
+from blocks.job import BatchJob
 from flows.pipeline import batch_pipeline
 from tests.support import write_documents
 
@@ -136,3 +138,12 @@ def test_a_pydantic_model_gives_typed_columns(
     for row in table.itertuples():
         assert Review.model_validate_json(row.text).sender.model_dump() == row.sender
         assert row.sentiment in {"positive", "neutral", "negative"}
+
+
+def test_the_batch_job_block_carries_the_schema_and_refuses_a_colliding_one() -> None:
+    job = BatchJob(output_model=f"{__name__}:Review").job_config(retry_invalid_output=True)
+    assert job.output_schema == Review.model_json_schema() and job.retry_invalid_output
+    assert BatchJob(output_schema=SCHEMA).job_config().output_schema == SCHEMA
+    colliding = {"type": "object", "properties": {"attempts": {"type": "integer"}}}
+    with pytest.raises(ConfigError, match="'attempts' collides"):
+        BatchJob(output_schema=colliding).job_config()
