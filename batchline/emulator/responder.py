@@ -2,8 +2,9 @@
 
 Checking and rendering are separate steps: `check` rejects what the real API rejects per request
 (those come back `errored` with `invalid_request_error`), and `render` builds a deterministic
-Message whose text quotes the prompt, with usage estimated at four characters per token and prompt
-caching applied to the prefixes marked with `cache_control`.
+Message whose text quotes the prompt (or, with `output_config.format`, is JSON of its schema), with
+usage estimated at four characters per token and prompt caching applied to the prefixes marked
+with `cache_control`.
 """
 
 from __future__ import annotations
@@ -237,8 +238,9 @@ def _structured_text(
     """JSON that matches ``schema``, with its choices drawn from the request's params.
 
     A ``truncated`` fault cuts it halfway, as a reply that ran out of ``max_tokens`` would be; a
-    ``mismatched`` fault gives its first field a value of no schema's type (``[[]]``), so the
-    reply parses but does not validate. A reply longer than ``max_tokens`` is cut there too.
+    ``mismatched`` fault gives its first field ``[[]]``, which no scalar, object or flat-list
+    field accepts, so the reply parses but does not validate. A reply longer than ``max_tokens``
+    is cut there too.
     """
     value = values.schema_value(schema, values.seeded(_fingerprint(request.params)))
     if fault == "mismatched" and isinstance(value, dict) and schema.get("properties"):
