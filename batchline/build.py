@@ -27,6 +27,7 @@ from batchline.storage import (
     reuse_or_restamp,
     write_stamp,
 )
+from batchline.structured import output_format
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def render_params(doc: Document, job: JobConfig) -> dict[str, Any]:
         ]
     if job.temperature is not None:
         params["temperature"] = job.temperature
+    if job.output_schema is not None:
+        params["output_config"] = {"format": output_format(job.output_schema)}
     return params
 
 

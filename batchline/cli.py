@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 console = Console()
 
 DEMO_OUTPUT = "batchline-demo-out"
+STRUCTURED_DEMO_OUTPUT = "batchline-demo-structured-out"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the pipeline on bundled documents against the bundled emulator"
     )
-    demo.add_argument("--output", default=DEMO_OUTPUT, help=f"output root (default {DEMO_OUTPUT})")
+    demo.add_argument(
+        "--output",
+        default=None,
+        help=f"output root (default {DEMO_OUTPUT}, or {STRUCTURED_DEMO_OUTPUT} with --structured)",
+    )
+    demo.add_argument(
+        "--structured",
+        action="store_true",
+        help="classify bundled support tickets into typed columns (structured outputs)",
+    )
     demo.set_defaults(handler=_demo)
 
     commands.add_parser("emulator", help="serve the Message Batches API emulator (see --help)")
@@ -84,6 +94,23 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--system", default=None, help="system prompt (sent with cache_control)")
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument(
+        "--output-schema",
+        default=None,
+        metavar="FILE.json",
+        help="JSON Schema every reply must match; its fields become typed columns",
+    )
+    parser.add_argument(
+        "--output-model",
+        default=None,
+        metavar="package.module:Model",
+        help="a Pydantic model giving that schema, instead of --output-schema",
+    )
+    parser.add_argument(
+        "--retry-invalid-output",
+        action="store_true",
+        help="resubmit replies that did not parse or match the schema (they are paid for)",
+    )
     parser.add_argument("--poll-interval", type=float, default=10.0, help="first poll wait, s")
     parser.add_argument("--max-poll-interval", type=float, default=300.0)
     parser.add_argument("--max-cost-usd", type=float, default=None)
@@ -125,6 +152,9 @@ def _run(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
                 template=args.template,
                 system=args.system,
+                output_schema=args.output_schema,
+                output_model=args.output_model,
+                retry_invalid_output=args.retry_invalid_output,
                 max_attempts=args.max_attempts,
                 poll_interval=args.poll_interval,
                 max_poll_interval=args.max_poll_interval,
@@ -223,35 +253,42 @@ def live_status() -> Iterator[None]:
 def _demo(args: argparse.Namespace) -> int:
     from batchline.emulator import Emulator, EmulatorConfig
 
-    # Faults on, so the demo shows retries of overloaded and expired requests at work.
+    # Faults on, so the demo shows retries of overloaded and expired requests at work (and, with
+    # --structured, of replies that are not the JSON asked for).
     config = EmulatorConfig(
-        processing_seconds=1.0, seed=11, error_rates={"overloaded_error": 0.1}, expire_rate=0.05
+        processing_seconds=1.0,
+        seed=11,
+        error_rates={"overloaded_error": 0.1},
+        expire_rate=0.05,
+        output_fault_rates={"truncated": 0.1, "mismatched": 0.1},
     )
+    output = args.output or (STRUCTURED_DEMO_OUTPUT if args.structured else DEMO_OUTPUT)
+    if args.structured:
+        source = str(resources.files("batchline").joinpath("data/support-tickets"))
+        job = [
+            "--template",
+            "Classify this support ticket by category, sentiment and urgency:\n\n{text}",
+            "--output-schema",
+            str(resources.files("batchline").joinpath("data/ticket-schema.json")),
+            "--retry-invalid-output",
+        ]
+    else:
+        source = demo_documents()
+        job = ["--template", "Summarize in one sentence: {text}", "--system", demo_system_prompt()]
     with Emulator(config) as emulator, tempfile.TemporaryDirectory() as scratch:
         # The demo never talks to the real API: the emulator's URL and a throwaway key are set
         # for this process only.
         os.environ["ANTHROPIC_BASE_URL"] = emulator.base_url
         os.environ["ANTHROPIC_API_KEY"] = "demo-key-for-the-local-emulator"
         os.environ.setdefault("PREFECT_HOME", os.path.join(scratch, "prefect"))
-        console.print(f"emulator at {emulator.base_url}; documents: {demo_documents()}")
-        return _run(
-            _parser().parse_args(
-                [
-                    "run",
-                    demo_documents(),
-                    "--output",
-                    args.output,
-                    "--template",
-                    "Summarize in one sentence: {text}",
-                    "--system",
-                    demo_system_prompt(),
-                    "--poll-interval",
-                    "0.5",
-                    "--max-poll-interval",
-                    "2",
-                ]
-            )
+        console.print(f"emulator at {emulator.base_url}; documents: {source}")
+        run = ["run", source, "--output", output, *job]
+        code = _run(
+            _parser().parse_args([*run, "--poll-interval", "0.5", "--max-poll-interval", "2"])
         )
+        if code == 0 and args.structured:
+            _print_typed_columns(output)
+        return code
 
 
 def demo_system_prompt() -> str:
@@ -287,6 +324,26 @@ def _print_result(result: RunSummary | BuildSummary) -> None:
     table.add_row("cost at standard prices", _usd(result.standard_cost_usd))
     console.print(table)
     console.print(f"results: {result.output}  (pandas.read_parquet({result.output!r}))")
+
+
+def _print_typed_columns(output: str) -> None:
+    """The structured-output columns of a run's results, with their Arrow types as headers."""
+    import pyarrow.dataset as ds
+
+    from batchline.schemas import RESULTS
+    from batchline.storage import OutputLayout
+
+    layout = OutputLayout(output)
+    results = ds.dataset(layout.path("results"), format="parquet", filesystem=layout.fs).to_table()
+    typed = [field for field in results.schema if field.name not in RESULTS.names]
+    table = Table(title="typed columns (structured outputs)")
+    for header in ("doc_id", "status", *(f"{f.name}\n{f.type}" for f in typed), "attempts"):
+        table.add_column(header)
+    rows = results.sort_by("doc_id").to_pylist()
+    for row in rows:
+        cells = [row["doc_id"], row["status"], *(row[f.name] for f in typed), row["attempts"]]
+        table.add_row(*("" if cell is None else str(cell) for cell in cells))
+    console.print(table)
 
 
 def _usd(value: float | None) -> str:

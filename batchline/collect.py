@@ -25,6 +25,7 @@ from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger
 from batchline.storage import OutputLayout
+from batchline.structured import ReplyValidator
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +116,19 @@ def collect_batch(
     batch_id: str,
     expected_custom_ids: set[str],
     sleep: Callable[[float], None] = time.sleep,
+    output_schema: dict[str, Any] | None = None,
 ) -> CollectedBatch:
-    """Write ``collected/<batch_id>.parquet`` unless it is there already; summarise it."""
+    """Write ``collected/<batch_id>.parquet`` unless it is there already; summarise it.
+
+    With ``output_schema``, a succeeded reply that does not parse or match it is recorded as
+    ``invalid_output`` (see batchline/structured.py).
+    """
     name = f"{batch_id}.parquet"
     if not layout.exists("collected", name):
         for attempt in range(1, MAX_DOWNLOAD_ATTEMPTS + 1):
             try:
                 lines = iter_result_lines(client, batch_id)
-                write_collected(layout, batch_id, lines, expected_custom_ids)
+                write_collected(layout, batch_id, lines, expected_custom_ids, output_schema)
                 break
             except anthropic.NotFoundError as exc:
                 if client.messages.batches.retrieve(batch_id).archived_at is None:
@@ -145,6 +151,7 @@ def collect_entry(
     layout: OutputLayout,
     batch_id: str,
     sleep: Callable[[float], None] = time.sleep,
+    output_schema: dict[str, Any] | None = None,
 ) -> CollectedBatch:
     """Collect a batch the ledger holds, checking each result against the entry's requests.
 
@@ -156,7 +163,7 @@ def collect_entry(
     entry = ledger.entry_for(batch_id)
     expected = set(ledger.request_ids(entry).column("custom_id").to_pylist())
     try:
-        return collect_batch(client, layout, batch_id, expected, sleep)
+        return collect_batch(client, layout, batch_id, expected, sleep, output_schema)
     except ForeignResultsError as exc:
         if not entry.adopted:
             raise
@@ -172,12 +179,17 @@ def collect_entry(
 
 
 def write_collected(
-    layout: OutputLayout, batch_id: str, lines: Iterable[bytes], expected: set[str]
+    layout: OutputLayout,
+    batch_id: str,
+    lines: Iterable[bytes],
+    expected: set[str],
+    output_schema: dict[str, Any] | None = None,
 ) -> None:
     """Write ``collected/<batch_id>.parquet`` from result lines, which must answer ``expected``.
 
     The file appears whole or not at all, so a crash or a cut stream never leaves a partial one.
     """
+    validator = ReplyValidator(output_schema) if output_schema is not None else None
     seen: set[str] = set()
     with (
         layout.atomic_open("collected", f"{batch_id}.parquet") as handle,
@@ -192,6 +204,8 @@ def write_collected(
                     "does not list for it (or twice): was the wrong batch adopted?"
                 )
             seen.add(row["custom_id"])
+            if validator is not None:
+                validator.check(row)
             rows.append(row)
             if len(rows) >= ROWS_PER_GROUP:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schemas.COLLECTED))

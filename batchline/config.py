@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -62,6 +63,14 @@ class JobConfig(BaseModel):
         None, description="System prompt, sent with cache_control so it is cached across requests."
     )
     temperature: float | None = Field(None, ge=0.0, le=1.0)
+    output_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of an object every reply must match; its top-level fields become "
+        "typed results columns. Sent API-ready as output_config.format.",
+    )
+    retry_invalid_output: bool = Field(
+        False, description="Resubmit replies that did not parse or match output_schema."
+    )
     max_attempts: int = Field(
         3, ge=1, le=10, description="Submissions per request, counting the first one."
     )
@@ -95,6 +104,14 @@ class JobConfig(BaseModel):
             raise ValueError(f"template {value!r} must name its fields, like {{text}}")
         return value
 
+    @field_validator("output_schema")
+    @classmethod
+    def _output_schema_usable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Imported here: batchline.structured raises this module's ConfigError.
+        from batchline.structured import check_output_schema
+
+        return None if value is None else check_output_schema(value)
+
     def template_fields(self) -> set[str]:
         """The document fields the template refers to."""
         return {
@@ -108,4 +125,7 @@ class JobConfig(BaseModel):
         relevant = self.model_dump(
             include={"model", "max_tokens", "template", "system", "temperature"}
         )
+        if self.output_schema is not None:
+            # Only when set, so the fingerprints of runs without a schema stay as they were.
+            relevant["output_schema"] = self.output_schema
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()

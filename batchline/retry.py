@@ -16,11 +16,19 @@ RETRYABLE_ERROR_TYPES = frozenset(
 )
 
 
-def is_retryable(status: str | None, error_type: str | None) -> bool:
-    """Whether a request that ended with this outcome can succeed if submitted again."""
+def is_retryable(
+    status: str | None, error_type: str | None, retry_invalid_output: bool = False
+) -> bool:
+    """Whether a request that ended with this outcome can succeed if submitted again.
+
+    A reply that did not parse or match the output schema (``invalid_output``) was paid for and
+    may fail again the same way, so it is resubmitted only when the run asks for it.
+    """
     match status:
         case "expired":
             return True
+        case "invalid_output":
+            return retry_invalid_output
         case "errored":
             return error_type in RETRYABLE_ERROR_TYPES
         case "succeeded" | "canceled" | "invalid" | None:
@@ -34,19 +42,29 @@ Submission = Literal["new", "retry"]
 
 
 def submission_kind(
-    state: RequestState | None, params_hash: str, max_attempts: int
+    state: RequestState | None,
+    params_hash: str,
+    max_attempts: int,
+    retry_invalid_output: bool = False,
 ) -> Submission | None:
     """Whether a manifest request goes into a next batch: as a new request, a retry, or not."""
     if state is None or state.params_hash != params_hash:
         return "new"
-    if state.attempts < max_attempts and is_retryable(state.status, state.error_type):
+    if state.attempts < max_attempts and is_retryable(
+        state.status, state.error_type, retry_invalid_output
+    ):
         return "retry"
     return None
 
 
-def needs_submission(state: RequestState | None, params_hash: str, max_attempts: int) -> bool:
+def needs_submission(
+    state: RequestState | None,
+    params_hash: str,
+    max_attempts: int,
+    retry_invalid_output: bool = False,
+) -> bool:
     """Whether a manifest request should go into the next batch, as new or as a retry."""
-    return submission_kind(state, params_hash, max_attempts) is not None
+    return submission_kind(state, params_hash, max_attempts, retry_invalid_output) is not None
 
 
 def is_transient_api_failure(error: BaseException) -> bool:

@@ -2,6 +2,8 @@
 
 Nested content (tool_use input, extra document columns, request params) is stored as JSON strings
 so the schemas stay flat and stable whatever the documents or the model return.
+The one exception is asked for: a run with an output schema gets its fields as typed columns
+(structs and lists included) after the standard ones, from ``results``.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ RESULTS = pa.schema(
         pa.field("batch_id", pa.string()),
     ]
 )
+
+
+def results(structured: pa.Schema | None = None) -> pa.Schema:
+    """The final table's schema: RESULTS, then a run's typed structured-output columns if any."""
+    return RESULTS if structured is None else pa.schema([*RESULTS, *structured])
 
 
 def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -189,7 +189,7 @@ def pending_parts(
     for name in layout.names("manifest", ".parquet"):
         part = layout.read_table("manifest", name, columns=columns)
         kinds = [
-            submission_kind(states.get(cid), ph, job.max_attempts)
+            submission_kind(states.get(cid), ph, job.max_attempts, job.retry_invalid_output)
             for cid, ph in zip(
                 part.column("custom_id").to_pylist(),
                 part.column("params_hash").to_pylist(),

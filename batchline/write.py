@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from batchline import schemas
+from batchline import schemas, structured
 from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, RequestState
@@ -63,14 +63,18 @@ def results_inputs(layout: OutputLayout) -> str:
     return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def write_results(layout: OutputLayout) -> RunSummary:
+def write_results(layout: OutputLayout, output_schema: dict[str, Any] | None = None) -> RunSummary:
     """Join manifest, ledger and collected results into ``results/``; summarise them.
 
-    A results table on disk that was written from the same inputs, and is still whole, is kept.
+    With ``output_schema``, each top-level field of the succeeded replies becomes a typed column
+    after the standard ones. A results table on disk that was written from the same inputs (the
+    manifest's stamp covers the schema), and is still whole, is kept.
     """
     inputs = results_inputs(layout)
     if (written := reuse_or_restamp(layout, "results", inputs)) is not None:
         return RunSummary.model_validate(written)
+    fields = structured.arrow_schema(output_schema) if output_schema is not None else None
+    schema = schemas.results(fields)
     ledger = Ledger(layout)
     index = _latest_index(layout, ledger.request_states())
     batch_ids = set(index.column("latest_batch_id").to_pylist())
@@ -84,7 +88,15 @@ def write_results(layout: OutputLayout) -> RunSummary:
         # Rows superseded by a later attempt belong to that attempt's batch file.
         rows = rows.filter(pc.equal(rows.column("batch_id"), rows.column("latest_batch_id")))
         rows = rows.append_column("cost_usd", _costs(rows, tally.unpriced))
-        _write_part(layout, f"batch-{entry.batch_id}.parquet", rows, tally, wanted)
+        if fields is not None:
+            valid = pc.equal(rows.column("status"), "succeeded").combine_chunks()
+            for name, column in zip(
+                fields.names,
+                structured.typed_columns(rows.column("text"), valid, fields).columns,
+                strict=True,
+            ):
+                rows = rows.append_column(name, column)
+        _write_part(layout, f"batch-{entry.batch_id}.parquet", rows, schema, tally, wanted)
     for name in layout.names("invalid", ".parquet"):
         invalid = layout.read_table("invalid", name)
         n = invalid.num_rows
@@ -97,9 +109,9 @@ def write_results(layout: OutputLayout) -> RunSummary:
                 "attempts": pa.repeat(pa.scalar(0, pa.int32()), n),
             }
         )
-        _write_part(layout, f"invalid-{name}", rows, tally, wanted)
+        _write_part(layout, f"invalid-{name}", rows, schema, tally, wanted)
     if not wanted:  # no documents: still a table with the schema, so reading results works
-        layout.write_table("results", "empty.parquet", schemas.RESULTS.empty_table())
+        layout.write_table("results", "empty.parquet", schema.empty_table())
         wanted.add("empty.parquet")
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
@@ -144,18 +156,23 @@ class _Tally:
 
 
 def _write_part(
-    layout: OutputLayout, name: str, rows: pa.Table, tally: _Tally, wanted: set[str]
+    layout: OutputLayout,
+    name: str,
+    rows: pa.Table,
+    schema: pa.Schema,
+    tally: _Tally,
+    wanted: set[str],
 ) -> None:
-    """One results part in the RESULTS schema (columns it lacks are null), counted in ``tally``."""
+    """One results part in ``schema`` (columns it lacks are null), counted in ``tally``."""
     if not rows.num_rows:
         return
     columns = {
         field.name: rows.column(field.name).cast(field.type)
         if field.name in rows.column_names
         else pa.nulls(rows.num_rows, field.type)
-        for field in schemas.RESULTS
+        for field in schema
     }
-    table = pa.table(columns, schema=schemas.RESULTS)
+    table = pa.table(columns, schema=schema)
     layout.write_table("results", name, table)
     wanted.add(name)
     tally.add(table)
@@ -195,8 +212,11 @@ def _latest_index(layout: OutputLayout, states: dict[str, RequestState]) -> pa.T
 
 
 def _costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:
-    """cost_usd of each row: its usage at batch prices; 0 unless succeeded; null if unpriced."""
-    succeeded = pc.equal(rows.column("status"), "succeeded").to_numpy(zero_copy_only=False)
+    """cost_usd of each row: its usage at batch prices; 0 unless billed; null if unpriced."""
+    # An invalid_output reply was generated, so it is paid for like a succeeded one.
+    succeeded = pc.is_in(rows.column("status"), pa.array(["succeeded", "invalid_output"])).to_numpy(
+        zero_copy_only=False
+    )
     models = rows.column("model").to_numpy(zero_copy_only=False)
     tokens = {
         c: pc.fill_null(rows.column(c), 0).to_numpy().astype(np.float64) for c in _TOKEN_COLUMNS

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.blocks.core import Block
 from pydantic import Field
 
 from batchline.config import DEFAULT_MODEL, JobConfig
+from batchline.structured import load_output_schema
 
 _JOB_FIELDS = {"model", "max_tokens", "template", "system", "max_attempts"}
 
@@ -22,8 +25,15 @@ class BatchJob(Block):
     template: str = Field("{text}", description="Format string over the document fields.")
     system: str | None = Field(None, description="System prompt (cached across requests).")
     max_attempts: int = Field(3, ge=1, le=10, description="Submissions per request at most.")
+    output_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema every reply must match; its fields become typed columns."
+    )
+    output_model: str | None = Field(
+        None, description="Or a Pydantic model giving that schema: package.module:Model."
+    )
 
     def job_config(self, **overrides: object) -> JobConfig:
         """A JobConfig from this block, with run-time settings such as polling added."""
         fields = self.model_dump(include=_JOB_FIELDS)
+        fields["output_schema"] = load_output_schema(self.output_schema, self.output_model)
         return JobConfig.model_validate({**fields, **overrides})

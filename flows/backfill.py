@@ -64,7 +64,7 @@ def backfill(
     partitions = plan_partitions(source_template, output, start_date, end_date)
     job = job_config_for(
         settings.get("job_block"),
-        **{k: v for k, v in settings.items() if k in JobConfig.model_fields},
+        **{k: v for k, v in settings.items() if k in JobConfig.model_fields or k == "output_model"},
     )
     outcomes = [
         PartitionOutcome(day=p.day, output=p.output, state="Skipped (complete)")

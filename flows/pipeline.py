@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import count
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_table_artifact
@@ -53,6 +53,9 @@ def batch_pipeline(
     max_tokens: int = 1024,
     template: str = "{text}",
     system: str | None = None,
+    output_schema: dict[str, Any] | str | None = None,
+    output_model: str | None = None,
+    retry_invalid_output: bool = False,
     max_attempts: int = 3,
     poll_interval: float = 10.0,
     max_poll_interval: float = 300.0,
@@ -70,8 +73,12 @@ def batch_pipeline(
     """Run every document of ``source`` through the Message Batches API into ``output``/results.
 
     The API key comes from ``credentials_block`` (a saved AnthropicCredentials) or the
-    environment, never from a parameter. ``job_block`` (a saved BatchJob) replaces model,
-    max_tokens, template, system and max_attempts. From a deployment, a run whose batches are
+    environment, never from a parameter. ``output_schema`` (a JSON Schema, or the path of a .json
+    file of one) or ``output_model`` (``package.module:Model``, a Pydantic model) asks every reply
+    for JSON of that shape, each top-level field a typed results column; replies that do not
+    match become ``invalid_output`` rows, resubmitted only with ``retry_invalid_output``.
+    ``job_block`` (a saved BatchJob) replaces model, max_tokens, template, system, the output
+    schema and max_attempts. From a deployment, a run whose batches are
     still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
     The run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses.
     """
@@ -81,6 +88,9 @@ def batch_pipeline(
         max_tokens=max_tokens,
         template=template,
         system=system,
+        output_schema=output_schema,
+        output_model=output_model,
+        retry_invalid_output=retry_invalid_output,
         max_attempts=max_attempts,
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,
@@ -113,7 +123,9 @@ def batch_pipeline(
         if still_running is not None and still_running.expires_at is not None:
             suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
         batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
-        summary = write_parquet.with_options(result_storage=storage)(layout.root, built, batch_ids)
+        summary = write_parquet.with_options(result_storage=storage)(
+            layout.root, built, batch_ids, job.output_schema
+        )
         publish_summary(summary)
         return summary
 
@@ -143,7 +155,10 @@ class Rounds:
             if not waited.ended:
                 return waited
             collect.with_options(result_storage=self.storage).map(
-                unmapped(self.output), waited.batch_ids, unmapped(self.credentials)
+                unmapped(self.output),
+                waited.batch_ids,
+                unmapped(self.credentials),
+                unmapped(self.job.output_schema),
             ).result()
         raise AssertionError("unreachable: count() never ends")
 

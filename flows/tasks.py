@@ -28,6 +28,7 @@ from batchline.config import ConfigError, JobConfig, SourceOptions
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
 from batchline.retry import Submission
 from batchline.storage import Area, OutputLayout, stamped_summary
+from batchline.structured import load_output_schema
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
 from batchline.write import RunSummary, results_inputs, write_results
@@ -76,6 +77,7 @@ def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
         p["built"].fingerprint,
         job.max_attempts,
         job.max_batches_in_flight,
+        job.retry_invalid_output,
         p["kind"],
         p["round"],
     )
@@ -189,9 +191,16 @@ def wait(
     retry_delay_seconds=OUTAGE_RETRY_DELAYS,
     retry_condition_fn=after_an_outage,
 )
-def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBatch:
+def collect(
+    output: str,
+    batch_id: str,
+    credentials: str | None,
+    output_schema: dict[str, Any] | None = None,
+) -> CollectedBatch:
     """Download one ended batch's results; batches are mapped, so they download concurrently."""
-    collected = collect_entry(client_for(credentials), OutputLayout(output), batch_id)
+    collected = collect_entry(
+        client_for(credentials), OutputLayout(output), batch_id, output_schema=output_schema
+    )
     get_run_logger().info(
         "collected %s in process %d: %s", batch_id, os.getpid(), collected.by_status
     )
@@ -199,8 +208,13 @@ def collect(output: str, batch_id: str, credentials: str | None) -> CollectedBat
 
 
 @task(name="write-parquet", cache_key_fn=_write_key, persist_result=True)
-def write_parquet(output: str, built: BuildSummary, batch_ids: list[str]) -> RunSummary:
-    summary = write_results(OutputLayout(output))
+def write_parquet(
+    output: str,
+    built: BuildSummary,
+    batch_ids: list[str],
+    output_schema: dict[str, Any] | None = None,
+) -> RunSummary:
+    summary = write_results(OutputLayout(output), output_schema)
     get_run_logger().info(
         "wrote %d rows to %s: %s", summary.rows, summary.output, summary.by_status
     )
@@ -215,13 +229,23 @@ RUN_SETTINGS = (
     "max_cost_usd",
     "max_requests_per_batch",
     "max_batches_in_flight",
+    "retry_invalid_output",
 )
 
 
-def job_config_for(job_block: str | None, **settings: Any) -> JobConfig:
-    """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings."""
+def job_config_for(
+    job_block: str | None,
+    output_schema: dict[str, Any] | str | None = None,
+    output_model: str | None = None,
+    **settings: Any,
+) -> JobConfig:
+    """The run's JobConfig: from ``settings``, or from a saved BatchJob plus the run settings.
+
+    The output schema (a schema, a .json path, or ``output_model``), the run's or the block's, is
+    read and checked here, so a bad one is a ConfigError naming it before anything is loaded.
+    """
     if not job_block:
-        return JobConfig(**settings)
+        return JobConfig(**settings, output_schema=load_output_schema(output_schema, output_model))
     from blocks.job import BatchJob
 
     block = BatchJob.load(job_block)

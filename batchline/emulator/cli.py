@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--expire-rate", type=float, metavar="RATE", help=about("expire_rate"))
     parser.add_argument(
+        "--output-fault-rate",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help=about("output_fault_rates") + " Repeatable.",
+    )
+    parser.add_argument(
         "--http-error-rate",
         type=_pair,
         action="append",
@@ -109,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         if name in EmulatorConfig.model_fields and value is not None
     }
     settings["error_rates"] = dict(args.error_rate)
+    settings["output_fault_rates"] = dict(args.output_fault_rate)
     try:
         settings["http_error_rates"] = {int(code): rate for code, rate in args.http_error_rate}
     except ValueError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +26,9 @@ REQUEST_ERROR_TYPES: Final = frozenset(
 HTTP_FAULT_TYPES: Final = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
 
 DAY: Final = 86_400.0
+
+#: How a structured-output reply can be spoiled: cut short, or valid JSON that misses the schema.
+OutputFault = Literal["truncated", "mismatched"]
 
 _Key = TypeVar("_Key")
 
@@ -71,6 +74,15 @@ class EmulatorConfig(BaseModel):
     )
     expire_rate: float = Field(
         0.0, ge=0, le=1, description="Share of processed requests that come back `expired`."
+    )
+    output_fault_rates: dict[OutputFault, float] = Field(
+        default_factory=dict,
+        description=(
+            "Share of structured-output replies (requests with output_config.format) spoiled "
+            'each way, e.g. {"truncated": 0.1, "mismatched": 0.05}: truncated JSON cut halfway '
+            "with stop_reason max_tokens, or JSON whose first field has the wrong type; drawn "
+            "from (seed, batch id, custom_id)."
+        ),
     )
     http_error_rates: dict[int, float] = Field(
         default_factory=dict,
@@ -135,6 +147,11 @@ class EmulatorConfig(BaseModel):
             raise ValueError(
                 f"unknown error type(s) {unknown}; expected some of {sorted(REQUEST_ERROR_TYPES)}"
             )
+        return _check_rates(rates)
+
+    @field_validator("output_fault_rates")
+    @classmethod
+    def _output_rates_fit(cls, rates: dict[OutputFault, float]) -> dict[OutputFault, float]:
         return _check_rates(rates)
 
     @field_validator("http_error_rates")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from batchline.emulator import seeding
-from batchline.emulator.config import HTTP_FAULT_TYPES, EmulatorConfig
+from batchline.emulator.config import HTTP_FAULT_TYPES, EmulatorConfig, OutputFault
 from batchline.emulator.errors import ApiError
 
 _REQUEST_ERROR_MESSAGES: Final = {
@@ -41,6 +41,17 @@ def request_fault(config: EmulatorConfig, batch_id: str, custom_id: str) -> str 
             return error_type
     if draw < threshold + config.expire_rate:
         return "expired"
+    return None
+
+
+def output_fault(config: EmulatorConfig, batch_id: str, custom_id: str) -> OutputFault | None:
+    """How a structured-output reply is spoiled, if it is; drawn like ``request_fault``."""
+    draw = seeding.unit(config.seed, "output-fault", batch_id, custom_id)
+    threshold = 0.0
+    for fault, rate in sorted(config.output_fault_rates.items()):
+        threshold += rate
+        if draw < threshold:
+            return fault
     return None
 
 

@@ -151,6 +151,7 @@ class Processor:
                     cache=self._cache,
                     cache_min_tokens=self._config.cache_min_tokens,
                     now=now,
+                    output_fault=faults.output_fault(self._config, record.id, custom_id),
                 )
                 return "succeeded", {"type": "succeeded", "message": message}
             case "expired":

@@ -2,8 +2,9 @@
 
 Checking and rendering are separate steps: `check` rejects what the real API rejects per request
 (those come back `errored` with `invalid_request_error`), and `render` builds a deterministic
-Message whose text quotes the prompt, with usage estimated at four characters per token and prompt
-caching applied to the prefixes marked with `cache_control`.
+Message whose text quotes the prompt (or, with `output_config.format`, is JSON of its schema), with
+usage estimated at four characters per token and prompt caching applied to the prefixes marked
+with `cache_control`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import orjson
 from anthropic.types import message_create_params
 from anthropic.types.beta import message_create_params as beta_message_create_params
 
-from batchline.emulator.config import EmulatorConfig
+from batchline.emulator import values
+from batchline.emulator.config import EmulatorConfig, OutputFault
 
 QUOTE_CHARS: Final = 64
 CHARS_PER_TOKEN: Final = 4
@@ -64,6 +66,7 @@ class Prepared:
     breakpoints: tuple[_Breakpoint, ...]
     forced_tool: dict[str, Any] | None
     thinking: bool
+    output_schema: dict[str, Any] | None
 
 
 class PromptCache:
@@ -131,6 +134,7 @@ def check(params: dict[str, Any], config: EmulatorConfig) -> Prepared:
             raise InvalidParams(f"tools.{index}.custom.input_schema: Field required")
     forced_tool = _forced_tool(params.get("tool_choice"), tools)
     thinking = _check_thinking(params.get("thinking"), max_tokens, forced_tool)
+    output_schema = _check_output_config(params.get("output_config"))
     prompt_chars, breakpoints = _prompt_layout(params, model, tools)
     if len(breakpoints) > MAX_CACHE_BREAKPOINTS:
         raise InvalidParams(
@@ -150,6 +154,7 @@ def check(params: dict[str, Any], config: EmulatorConfig) -> Prepared:
         breakpoints=breakpoints,
         forced_tool=forced_tool,
         thinking=thinking,
+        output_schema=output_schema,
     )
 
 
@@ -161,8 +166,12 @@ def render(
     cache: PromptCache,
     cache_min_tokens: int,
     now: float,
+    output_fault: OutputFault | None = None,
 ) -> dict[str, Any]:
-    """The Message of a succeeded result; writes to or reads from the prompt cache."""
+    """The Message of a succeeded result; writes to or reads from the prompt cache.
+
+    ``output_fault`` spoils a structured-output reply (see ``_structured_text``).
+    """
     content: list[dict[str, Any]] = []
     if request.thinking:
         content.append(
@@ -179,7 +188,7 @@ def render(
             "type": "tool_use",
             "id": tool_use_id,
             "name": tool["name"],
-            "input": dummy_value({"type": "object", **tool["input_schema"]}),
+            "input": values.schema_value({"type": "object", **tool["input_schema"]}),
         }
         content.append(block)
         output_tokens = max(1, tokens(len(orjson.dumps(block))))
@@ -187,9 +196,14 @@ def render(
         if output_tokens > request.max_tokens:
             output_tokens, stop_reason = request.max_tokens, "max_tokens"
     else:
-        text, stop_reason, stop_sequence = _reply_text(request)
+        if request.output_schema is not None:
+            text, stop_reason = _structured_text(request, request.output_schema, output_fault)
+        else:
+            text, stop_reason, stop_sequence = _reply_text(request)
         content.append({"type": "text", "text": text})
         output_tokens = min(max(1, tokens(len(text))), request.max_tokens)
+        if stop_reason == "max_tokens":
+            output_tokens = request.max_tokens
     return {
         "id": message_id,
         "type": "message",
@@ -200,42 +214,6 @@ def render(
         "stop_sequence": stop_sequence,
         "usage": _usage(request, output_tokens, cache, cache_min_tokens, now),
     }
-
-
-def dummy_value(schema: object) -> Any:
-    """A value that satisfies a JSON schema's type, with every required property filled in."""
-    if not isinstance(schema, dict):
-        return "emulated"
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "default" in schema:
-        return schema["default"]
-    for combinator in ("anyOf", "oneOf", "allOf"):
-        if schema.get(combinator):
-            return dummy_value(schema[combinator][0])
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None and "properties" in schema:
-        kind = "object"
-    match kind:
-        case "object":
-            properties = schema.get("properties", {})
-            return {name: dummy_value(properties.get(name)) for name in schema.get("required", [])}
-        case "array":
-            return [dummy_value(schema.get("items")) for _ in range(schema.get("minItems", 0))]
-        case "integer":
-            return math.ceil(schema.get("minimum", 0))
-        case "number":
-            return float(schema.get("minimum", 0))
-        case "boolean":
-            return False
-        case "null":
-            return None
-        case _:
-            return "emulated"
 
 
 def quoted_text(params: dict[str, Any]) -> str:
@@ -249,13 +227,38 @@ def quoted_text(params: dict[str, Any]) -> str:
     return ""
 
 
+def _fingerprint(params: dict[str, Any]) -> str:
+    """A hash of the params: the same request always gets the same reply."""
+    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _structured_text(
+    request: Prepared, schema: dict[str, Any], fault: OutputFault | None
+) -> tuple[str, StopReason]:
+    """JSON that matches ``schema``, with its choices drawn from the request's params.
+
+    A ``truncated`` fault cuts it halfway, as a reply that ran out of ``max_tokens`` would be; a
+    ``mismatched`` fault gives its first field ``[[]]``, which no scalar, object or flat-list
+    field accepts, so the reply parses but does not validate. A reply longer than ``max_tokens``
+    is cut there too.
+    """
+    value = values.schema_value(schema, values.seeded(_fingerprint(request.params)))
+    if fault == "mismatched" and isinstance(value, dict) and schema.get("properties"):
+        value[next(iter(schema["properties"]))] = [[]]
+    text = orjson.dumps(value).decode()
+    limit = request.max_tokens * CHARS_PER_TOKEN
+    if fault == "truncated":
+        limit = min(limit, len(text) // 2)
+    if len(text) > limit:
+        return text[:limit], "max_tokens"
+    return text, "end_turn"
+
+
 def _reply_text(request: Prepared) -> tuple[str, StopReason, str | None]:
     """The deterministic reply, cut where a stop sequence or max_tokens would cut it."""
     prompt = quoted_text(request.params)
     ellipsis = "…" if len(prompt) > QUOTE_CHARS else ""
-    fingerprint = hashlib.sha256(
-        orjson.dumps(request.params, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()[:12]
+    fingerprint = _fingerprint(request.params)[:12]
     text = f"Emulated reply to: {prompt[:QUOTE_CHARS]}{ellipsis} [{fingerprint}]"
     limit = request.max_tokens * CHARS_PER_TOKEN
     stops = [
@@ -413,6 +416,23 @@ def _forced_tool(choice: object, tools: list[dict[str, Any]]) -> dict[str, Any] 
                 f"tool_choice.type: Input tag {other!r} found using 'type' does not match any of "
                 "the expected tags: 'auto', 'any', 'tool', 'none'"
             )
+
+
+def _check_output_config(output_config: object) -> dict[str, Any] | None:
+    """The JSON schema replies must match, if ``output_config.format`` asks for one."""
+    if output_config is None:
+        return None
+    if not isinstance(output_config, dict):
+        raise InvalidParams("output_config: Input should be a valid dictionary")
+    output_format = output_config.get("format")
+    if output_format is None:
+        return None
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
+        raise InvalidParams("output_config.format.type: Input should be 'json_schema'")
+    schema = output_format.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidParams("output_config.format.schema: Input should be a valid dictionary")
+    return schema
 
 
 def _check_thinking(thinking: object, max_tokens: int, forced_tool: dict[str, Any] | None) -> bool:
