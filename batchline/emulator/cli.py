@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
+import orjson
 from pydantic import ValidationError
 
 from batchline.emulator.config import EmulatorConfig
@@ -85,10 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lose-creates", type=int, metavar="N", help=about("lose_creates"))
     parser.add_argument("--cut-results", type=int, metavar="N", help=about("cut_results"))
     parser.add_argument(
-        "--max-output-tokens", type=int, metavar="N", help=about("max_output_tokens")
-    )
-    parser.add_argument(
-        "--context-window-tokens", type=int, metavar="N", help=about("context_window_tokens")
+        "--models",
+        dest="models_file",
+        metavar="FILE.json",
+        help=about("models") + " A JSON list of models (see docs/emulator.md).",
     )
     parser.add_argument("--cache-min-tokens", type=int, metavar="N", help=about("cache_min_tokens"))
     return parser
@@ -102,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         if name in EmulatorConfig.model_fields and value is not None
     }
     settings["error_rates"] = dict(args.error_rate)
+    if args.models_file:
+        settings["models"] = orjson.loads(Path(args.models_file).read_bytes())
     try:
         settings["http_error_rates"] = {int(code): rate for code, rate in args.http_error_rate}
     except ValueError:
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ValidationError, ValueError) as error:
+    except (ValidationError, ValueError, OSError) as error:
         parser.error(str(error))
     stop = threading.Event()
 
