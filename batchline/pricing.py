@@ -12,18 +12,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from batchline.config import ConfigError
-
-DEFAULT_CONTEXT_TOKENS = 200_000
 # claude-haiku-4-5-20251001, claude-3-5-haiku-latest: the same model as the id before the suffix.
 _SNAPSHOT_SUFFIX = re.compile(r"(.+)-(?:\d{8}|latest)")
+_PRICES = "data/prices.json"
 
 
 class ModelPrice(BaseModel):
     input: float = Field(ge=0, description="USD per million input tokens, standard API.")
     output: float = Field(ge=0, description="USD per million output tokens, standard API.")
-    context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, ge=1)
-    max_output_tokens: int | None = Field(None, ge=1, description="Largest max_tokens accepted.")
 
 
 class PriceTable(BaseModel):
@@ -50,22 +46,17 @@ class Usage(BaseModel):
     cache_read_input_tokens: int = 0
 
 
+def prices_file() -> str:
+    """Where the price table is, for messages asking to add a price to it."""
+    return str(resources.files("batchline").joinpath(_PRICES))
+
+
 @lru_cache(maxsize=1)
 def price_table() -> PriceTable:
     """The packaged price table."""
-    raw = resources.files("batchline").joinpath("data/prices.json").read_text("utf-8")
+    raw = resources.files("batchline").joinpath(_PRICES).read_text("utf-8")
     data = {k: v for k, v in json.loads(raw).items() if not k.startswith("_")}
     return PriceTable.model_validate(data)
-
-
-def check_max_tokens(model: str, max_tokens: int) -> None:
-    """Refuse, before anything is loaded, a max_tokens the model would reject in every request."""
-    price = price_table().for_model(model)
-    if price and price.max_output_tokens and max_tokens > price.max_output_tokens:
-        raise ConfigError(
-            f"max_tokens {max_tokens} is over {model}'s output limit of "
-            f"{price.max_output_tokens} tokens: every request would come back errored"
-        )
 
 
 Tokens = TypeVar("Tokens", float, "npt.NDArray[np.float64]")

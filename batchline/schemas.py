@@ -37,6 +37,10 @@ MANIFEST = pa.schema(
         pa.field("params_hash", pa.string(), nullable=False),
         pa.field("request_bytes", pa.int64(), nullable=False),
         pa.field("estimated_input_tokens", pa.int64(), nullable=False),
+        # The row's own model and max_tokens (a tabular source may set them per row): what its
+        # worst-case cost is estimated from.
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("max_tokens", pa.int64(), nullable=False),
     ]
 )
 

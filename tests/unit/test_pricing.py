@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchline.config import ConfigError
-from batchline.pricing import Usage, check_max_tokens, cost_usd, price_table
+from batchline.pricing import Usage, cost_usd, price_table
 
 
 def test_batch_price_is_half_the_standard_price() -> None:
@@ -27,10 +26,3 @@ def test_dated_model_ids_match_their_family_and_unknown_models_have_no_price() -
     # A newer model is not its older family's price: unknown, so warned about, never guessed.
     assert table.for_model("claude-opus-4-6") is None
     assert table.for_model("claude-opus-4-5-preview") is None
-
-
-def test_max_tokens_over_the_models_output_limit_is_refused() -> None:
-    check_max_tokens("claude-haiku-4-5-20251001", 64_000)
-    check_max_tokens("some-unlisted-model", 128_000)  # no limit known: the API decides
-    with pytest.raises(ConfigError, match="over claude-3-haiku's output limit of 4096"):
-        check_max_tokens("claude-3-haiku", 8_192)
