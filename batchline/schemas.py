@@ -62,6 +62,8 @@ _RESULT_FIELDS = [
     pa.field("output_tokens", pa.int64()),
     pa.field("cache_creation_input_tokens", pa.int64()),
     pa.field("cache_read_input_tokens", pa.int64()),
+    # The part of cache_creation_input_tokens written with a 1-hour TTL (priced apart).
+    pa.field("cache_creation_1h_input_tokens", pa.int64()),
     pa.field("error_type", pa.string()),
     pa.field("error_message", pa.string()),
 ]

@@ -28,6 +28,7 @@ _TOKEN_COLUMNS = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
 )
 
 

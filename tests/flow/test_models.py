@@ -43,7 +43,7 @@ def test_row_model_and_max_tokens_reach_the_requests_and_each_row_is_priced_by_i
         tmp_path / "rows.jsonl",
         [
             {"id": "plain", "text": "Run settings for this one, please."},
-            {"id": "opus", "text": "A long answer is wanted here.", "model": "claude-opus-4-5"},
+            {"id": "opus", "text": "A long answer is wanted here.", "model": "claude-opus-4-6"},
             {"id": "short", "text": "Cut this answer very short, please.", "max_tokens": 3},
             {"id": "dated", "text": "A dated snapshot id.", "model": "claude-sonnet-4-5-20250929"},
             {"id": "bad-budget", "text": "x", "max_tokens": "lots"},
@@ -60,7 +60,7 @@ def test_row_model_and_max_tokens_reach_the_requests_and_each_row_is_priced_by_i
     # The emulator answers with the model it was asked for and stops at the request's max_tokens.
     assert ok.model.to_dict() == {
         "plain": "claude-haiku-4-5",
-        "opus": "claude-opus-4-5",
+        "opus": "claude-opus-4-6",
         "short": "claude-haiku-4-5",
         "dated": "claude-sonnet-4-5-20250929",
     }
@@ -69,6 +69,10 @@ def test_row_model_and_max_tokens_reach_the_requests_and_each_row_is_priced_by_i
     for doc_id, row in ok.iterrows():
         usage = Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens)
         assert row.cost_usd == pytest.approx(cost_usd(row.model, usage)), doc_id
+    # opus-4-6 at $5/$25, not haiku's $1/$5 nor opus-4's $15/$75.
+    assert ok.loc["opus", "cost_usd"] == pytest.approx(
+        (5 * ok.loc["opus", "input_tokens"] + 25 * ok.loc["opus", "output_tokens"]) / 2e6
+    )
     invalid = table[table.status == "invalid"].error_message.to_dict()
     assert invalid == {
         "bad-budget": "max_tokens column: 'lots' is not a positive integer",
