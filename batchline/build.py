@@ -19,7 +19,8 @@ from batchline import schemas
 from batchline.config import ConfigError, JobConfig
 from batchline.failpoints import failpoint
 from batchline.load import Document, read_staged
-from batchline.pricing import DEFAULT_CONTEXT_TOKENS, Usage, cost_usd, price_table
+from batchline.models import ModelLimits, ModelTable
+from batchline.pricing import Usage, cost_usd, prices_file
 from batchline.storage import (
     OutputLayout,
     part_name,
@@ -80,19 +81,86 @@ def render_params(doc: Document, job: JobConfig) -> dict[str, Any]:
     return params
 
 
+class RowError(ValueError):
+    """A row's own parameter that no request could be sent with; the row becomes invalid."""
+
+
+_POSITIVE_INTEGER = re.compile(r"\d+")
+
+
+def row_job(doc: Document, job: JobConfig, models: ModelTable) -> tuple[JobConfig, ModelLimits]:
+    """The run's settings with this row's model, max_tokens, system and temperature columns.
+
+    A missing or blank value keeps the run's. A value the API would refuse (max_tokens not an
+    integer or over the model's limit, an unknown model) raises RowError naming the column.
+    """
+    values = {
+        field: value
+        for field, column in (
+            ("model", job.model_column),
+            ("max_tokens", job.max_tokens_column),
+            ("system", job.system_column),
+            ("temperature", job.temperature_column),
+        )
+        if (value := doc.fields.get(column)) is not None and value.strip()
+    }
+    model = values.get("model", job.model).strip()
+    limits = models.models.get(model) or ModelLimits(model=model, problem="was not looked up")
+    if limits.problem is not None:
+        raise RowError(f"{job.model_column} column: model {model!r} {limits.problem}")
+    overrides: dict[str, Any] = {"model": model} if "model" in values else {}
+    if "max_tokens" in values:
+        raw = values["max_tokens"].strip()
+        if not _POSITIVE_INTEGER.fullmatch(raw) or int(raw) < 1:
+            raise RowError(f"{job.max_tokens_column} column: {raw!r} is not a positive integer")
+        overrides["max_tokens"] = int(raw)
+    if "temperature" in values:
+        try:
+            temperature = float(values["temperature"])
+        except ValueError:
+            temperature = math.nan
+        if not 0.0 <= temperature <= 1.0:
+            raise RowError(
+                f"{job.temperature_column} column: {values['temperature']!r} is not a number "
+                "from 0 to 1"
+            )
+        overrides["temperature"] = temperature
+    if "system" in values:
+        overrides["system"] = values["system"]
+    # model_copy skips validation: every override was checked above.
+    row = job.model_copy(update=overrides) if overrides else job
+    if limits.max_tokens is not None and row.max_tokens > limits.max_tokens:
+        raise RowError(
+            f"max_tokens {row.max_tokens} is over {model}'s output limit of "
+            f"{limits.max_tokens} tokens"
+        )
+    return row, limits
+
+
+def requested_models(layout: OutputLayout, job: JobConfig) -> set[str]:
+    """The models the staged rows name in their model column (blank values left out)."""
+    models: set[str] = set()
+    for name in layout.names("documents", ".parquet"):
+        for raw in layout.read_table("documents", name, columns=["fields_json"]).column(0):
+            if raw.is_valid:
+                value = orjson.loads(raw.as_py()).get(job.model_column)
+                if isinstance(value, str) and value.strip():
+                    models.add(value.strip())
+    return models
+
+
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def build_shard(
-    docs: Sequence[Document], job: JobConfig, taken_custom_ids: set[str]
+    docs: Sequence[Document], job: JobConfig, taken_custom_ids: set[str], models: ModelTable
 ) -> tuple[pa.Table, pa.Table]:
     """The manifest rows and the invalid rows of one shard of documents.
 
-    ``taken_custom_ids`` spans shards so that two documents never share a custom_id.
+    ``taken_custom_ids`` spans shards so that two documents never share a custom_id. ``models``
+    holds the limits of the run's model and of every model a row names.
     """
-    price = price_table().for_model(job.model)
-    context = price.context_tokens if price else DEFAULT_CONTEXT_TOKENS
     manifest: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
     for doc in docs:
@@ -100,7 +168,12 @@ def build_shard(
             invalid.append({"doc_id": doc.doc_id, "reason": doc.invalid_reason})
             continue
         try:
-            params = render_params(doc, job)
+            row, limits = row_job(doc, job, models)
+        except RowError as exc:
+            invalid.append({"doc_id": doc.doc_id, "reason": str(exc)})
+            continue
+        try:
+            params = render_params(doc, row)
         except (KeyError, IndexError, ValueError) as exc:
             invalid.append({"doc_id": doc.doc_id, "reason": f"template: no field {exc}"})
             continue
@@ -110,12 +183,13 @@ def build_shard(
             invalid.append({"doc_id": doc.doc_id, "reason": f"custom_id {custom_id} collides"})
             continue
         body = orjson.dumps({"custom_id": custom_id, "params": params})
-        tokens = estimate_tokens(len(params["messages"][0]["content"]) + len(job.system or ""))
-        if tokens + job.max_tokens > context:
+        tokens = estimate_tokens(len(params["messages"][0]["content"]) + len(row.system or ""))
+        context = limits.max_input_tokens
+        if context is not None and tokens + row.max_tokens > context:
             invalid.append(
                 {
                     "doc_id": doc.doc_id,
-                    "reason": f"about {tokens} input tokens + max_tokens {job.max_tokens} exceed "
+                    "reason": f"about {tokens} input tokens + max_tokens {row.max_tokens} exceed "
                     f"the model's context of {context} tokens",
                 }
             )
@@ -134,6 +208,8 @@ def build_shard(
                 "params_hash": digest,
                 "request_bytes": len(body),
                 "estimated_input_tokens": tokens,
+                "model": row.model,
+                "max_tokens": row.max_tokens,
             }
         )
     return schemas.table(manifest, schemas.MANIFEST), schemas.table(invalid, schemas.INVALID)
@@ -162,43 +238,59 @@ class BuildSummary(BaseModel):
     estimated_input_tokens: int
     worst_case_cost_usd: float | None
     invalid_reasons: dict[str, int]
+    unpriced_models: list[str] = []
 
 
-def manifest_fingerprint(source_fingerprint: str, job: JobConfig) -> str:
-    """What the manifest answers: the staged documents' content and the shape of the requests."""
-    return hashlib.sha256(f"{source_fingerprint}\0{job.request_fingerprint()}".encode()).hexdigest()
+def manifest_fingerprint(source_fingerprint: str, job: JobConfig, models: ModelTable) -> str:
+    """What the manifest answers: the staged documents, the request shape, the models' limits."""
+    parts = (source_fingerprint, job.request_fingerprint(), models.fingerprint())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str) -> BuildSummary:
+def build_manifest(
+    layout: OutputLayout, job: JobConfig, source_fingerprint: str, models: ModelTable
+) -> BuildSummary:
     """Render every staged document into ``manifest/`` and ``invalid/`` parts, shard by shard.
 
-    The summary's fingerprint identifies the manifest: the staged source's content and the
-    request shape. A manifest on disk that already answers that fingerprint is kept as it is.
+    The summary's fingerprint identifies the manifest: the staged source's content, the request
+    shape and the models' limits. A manifest on disk that already answers it is kept as it is.
     """
-    fingerprint = manifest_fingerprint(source_fingerprint, job)
+    fingerprint = manifest_fingerprint(source_fingerprint, job, models)
     if (built := reuse_or_restamp(layout, "manifest", fingerprint)) is not None:
         return BuildSummary.model_validate(built)
     taken: set[str] = set()
     requests = invalid = nbytes = tokens = 0
     reasons: Counter[str] = Counter()
+    # Per model, since rows may name their own: estimated input and max_tokens, summed.
+    worst_case: dict[str, Counter[str]] = {}
     names = layout.names("documents", ".parquet")
     for index, name in enumerate(names):
-        manifest, bad = build_shard(read_staged(layout, name), job, taken)
+        manifest, bad = build_shard(read_staged(layout, name), job, taken, models)
         layout.write_table("manifest", part_name(index), manifest)
         layout.write_table("invalid", part_name(index), bad)
         requests += manifest.num_rows
         invalid += bad.num_rows
         nbytes += pc.sum(manifest.column("request_bytes")).as_py() or 0
         tokens += pc.sum(manifest.column("estimated_input_tokens")).as_py() or 0
+        sums = manifest.group_by("model").aggregate(
+            [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
+        )
+        for row in sums.to_pylist():
+            worst_case.setdefault(row["model"], Counter()).update(
+                input_tokens=row["estimated_input_tokens_sum"],
+                output_tokens=row["max_tokens_sum"],
+            )
         # Group reasons by their kind (the text before any detail) for a readable summary.
         reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
     for area in ("manifest", "invalid"):
         remove_parts_from(layout, area, len(names))
-    cost = cost_usd(job.model, Usage(input_tokens=tokens, output_tokens=job.max_tokens * requests))
-    if cost is None:
+    costs = {m: cost_usd(m, Usage(**totals)) for m, totals in worst_case.items()}
+    unpriced = sorted(m for m, cost in costs.items() if cost is None)
+    for model in unpriced:
         log.warning(
-            "model %r has no price in data/prices.json: its costs will be reported as null",
-            job.model,
+            "model %r has no price in %s: its rows' cost_usd will be null; add its price there",
+            model,
+            prices_file(),
         )
     summary = BuildSummary(
         fingerprint=fingerprint,
@@ -206,8 +298,9 @@ def build_manifest(layout: OutputLayout, job: JobConfig, source_fingerprint: str
         invalid=invalid,
         request_bytes=nbytes,
         estimated_input_tokens=tokens,
-        worst_case_cost_usd=cost,
+        worst_case_cost_usd=None if unpriced else sum(c or 0.0 for c in costs.values()),
         invalid_reasons=dict(reasons),
+        unpriced_models=unpriced,
     )
     write_stamp(layout, ("manifest", "invalid"), fingerprint, summary)
     failpoint("build.done")
@@ -231,12 +324,13 @@ def check_submittable(summary: BuildSummary, job: JobConfig) -> None:
         return
     if summary.worst_case_cost_usd is None:
         raise BudgetExceeded(
-            f"model {job.model!r} has no price in data/prices.json, so the budget of "
-            f"${job.max_cost_usd:.2f} cannot be checked; add its price or drop --max-cost-usd"
+            f"model {', '.join(map(repr, summary.unpriced_models))} has no price in "
+            f"data/prices.json, so the budget of ${job.max_cost_usd:.2f} cannot be checked; add "
+            "its price or drop --max-cost-usd"
         )
     if summary.worst_case_cost_usd > job.max_cost_usd:
         raise BudgetExceeded(
             f"{summary.requests} requests could cost up to ${summary.worst_case_cost_usd:.2f} "
-            f"at batch prices (estimated input, output at max_tokens={job.max_tokens}), over "
+            "at batch prices (estimated input, output at each request's max_tokens), over "
             f"the budget of ${job.max_cost_usd:.2f}; nothing was submitted"
         )

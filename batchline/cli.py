@@ -116,6 +116,17 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cost-usd", type=float, default=None)
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--text-column", default="text")
+    for name, field in (
+        ("model", "model"),
+        ("max-tokens", "max_tokens"),
+        ("system", "system"),
+        ("temperature", "temperature"),
+    ):
+        parser.add_argument(
+            f"--{name}-column",
+            default=field,
+            help=f"column of tabular sources overriding a row's {field} (default {field})",
+        )
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument(
         "--batch-size", type=int, default=100_000, help="requests per batch, at most 100,000"
@@ -162,6 +173,10 @@ def _run(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 id_column=args.id_column,
                 text_column=args.text_column,
+                model_column=args.model_column,
+                max_tokens_column=args.max_tokens_column,
+                system_column=args.system_column,
+                temperature_column=args.temperature_column,
                 shard_size=args.shard_size,
                 batch_size=args.batch_size,
                 max_batches_in_flight=args.max_batches_in_flight,

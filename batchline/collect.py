@@ -78,6 +78,7 @@ def parse_result_line(line: bytes | str, batch_id: str) -> dict[str, Any]:
                 if b.get("type") == "tool_use"
             ]
             usage = message.get("usage") or {}
+            cache_creation = usage.get("cache_creation") or {}
             row |= {
                 "text": "".join(b.get("text", "") for b in content if b.get("type") == "text"),
                 "tool_use_json": orjson.dumps(tool_uses).decode() if tool_uses else None,
@@ -87,6 +88,8 @@ def parse_result_line(line: bytes | str, batch_id: str) -> dict[str, Any]:
                 "output_tokens": usage.get("output_tokens"),
                 "cache_creation_input_tokens": usage.get("cache_creation_input_tokens") or 0,
                 "cache_read_input_tokens": usage.get("cache_read_input_tokens") or 0,
+                "cache_creation_1h_input_tokens": cache_creation.get("ephemeral_1h_input_tokens")
+                or 0,
             }
         case "errored":
             error = (result.get("error") or {}).get("error") or {}

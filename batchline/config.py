@@ -18,6 +18,8 @@ MAX_REQUESTS_PER_BATCH = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 
 DEFAULT_MODEL = "claude-haiku-4-5"
+# JobConfig fields naming the columns whose values override the run's own, row by row.
+ROW_COLUMNS = ("model_column", "max_tokens_column", "system_column", "temperature_column")
 
 
 class ConfigError(ValueError):
@@ -55,7 +57,9 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(DEFAULT_MODEL, min_length=1, description="Anthropic model id.")
-    max_tokens: int = Field(1024, ge=1, le=128_000, description="max_tokens of every request.")
+    max_tokens: int = Field(
+        1024, ge=1, description="max_tokens of every request; the model's limit is the API's."
+    )
     template: str = Field(
         "{text}", min_length=1, description="Format string over the document: the user message."
     )
@@ -70,6 +74,18 @@ class JobConfig(BaseModel):
     )
     retry_invalid_output: bool = Field(
         False, description="Resubmit replies that did not parse or match output_schema."
+    )
+    model_column: str = Field(
+        "model", min_length=1, description="Column of tabular sources overriding a row's model."
+    )
+    max_tokens_column: str = Field(
+        "max_tokens", min_length=1, description="Column overriding a row's max_tokens."
+    )
+    system_column: str = Field(
+        "system", min_length=1, description="Column overriding a row's system prompt."
+    )
+    temperature_column: str = Field(
+        "temperature", min_length=1, description="Column overriding a row's temperature."
     )
     max_attempts: int = Field(
         3, ge=1, le=10, description="Submissions per request, counting the first one."
@@ -123,7 +139,7 @@ class JobConfig(BaseModel):
     def request_fingerprint(self) -> str:
         """Hash of everything that shapes a request's params (not polling or budget)."""
         relevant = self.model_dump(
-            include={"model", "max_tokens", "template", "system", "temperature"}
+            include={"model", "max_tokens", "template", "system", "temperature", *ROW_COLUMNS}
         )
         if self.output_schema is not None:
             # Only when set, so the fingerprints of runs without a schema stay as they were.

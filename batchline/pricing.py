@@ -12,24 +12,27 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from batchline.config import ConfigError
-
-DEFAULT_CONTEXT_TOKENS = 200_000
 # claude-haiku-4-5-20251001, claude-3-5-haiku-latest: the same model as the id before the suffix.
 _SNAPSHOT_SUFFIX = re.compile(r"(.+)-(?:\d{8}|latest)")
+_PRICES = "data/prices.json"
 
 
 class ModelPrice(BaseModel):
-    input: float = Field(ge=0, description="USD per million input tokens, standard API.")
-    output: float = Field(ge=0, description="USD per million output tokens, standard API.")
-    context_tokens: int = Field(DEFAULT_CONTEXT_TOKENS, ge=1)
-    max_output_tokens: int | None = Field(None, ge=1, description="Largest max_tokens accepted.")
+    """A model's standard (non-batch) prices in USD per million tokens."""
+
+    input: float = Field(ge=0, description="Input tokens.")
+    output: float = Field(ge=0, description="Output tokens.")
+    # Where a model's page lists cache rates other than the table's multipliers of its input.
+    cache_write_5m: float | None = Field(None, ge=0, description="5-minute cache writes.")
+    cache_write_1h: float | None = Field(None, ge=0, description="1-hour cache writes.")
+    cache_read: float | None = Field(None, ge=0, description="Cache hits.")
 
 
 class PriceTable(BaseModel):
     batch_discount: float = Field(gt=0, le=1)
-    cache_write_multiplier: float = Field(ge=0)
-    cache_read_multiplier: float = Field(ge=0)
+    cache_write_5m_multiplier: float = Field(ge=0, description="Of input, 5-minute cache writes.")
+    cache_write_1h_multiplier: float = Field(ge=0, description="Of input, 1-hour cache writes.")
+    cache_read_multiplier: float = Field(ge=0, description="Of input, unless a model has its own.")
     models: dict[str, ModelPrice]
 
     def for_model(self, model: str) -> ModelPrice | None:
@@ -48,24 +51,22 @@ class Usage(BaseModel):
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = Field(
+        0, description="The part of cache_creation_input_tokens written for an hour."
+    )
+
+
+def prices_file() -> str:
+    """Where the price table is, for messages asking to add a price to it."""
+    return str(resources.files("batchline").joinpath(_PRICES))
 
 
 @lru_cache(maxsize=1)
 def price_table() -> PriceTable:
     """The packaged price table."""
-    raw = resources.files("batchline").joinpath("data/prices.json").read_text("utf-8")
+    raw = resources.files("batchline").joinpath(_PRICES).read_text("utf-8")
     data = {k: v for k, v in json.loads(raw).items() if not k.startswith("_")}
     return PriceTable.model_validate(data)
-
-
-def check_max_tokens(model: str, max_tokens: int) -> None:
-    """Refuse, before anything is loaded, a max_tokens the model would reject in every request."""
-    price = price_table().for_model(model)
-    if price and price.max_output_tokens and max_tokens > price.max_output_tokens:
-        raise ConfigError(
-            f"max_tokens {max_tokens} is over {model}'s output limit of "
-            f"{price.max_output_tokens} tokens: every request would come back errored"
-        )
 
 
 Tokens = TypeVar("Tokens", float, "npt.NDArray[np.float64]")
@@ -77,17 +78,29 @@ def usage_cost(
     output_tokens: Tokens,
     cache_creation_input_tokens: Tokens,
     cache_read_input_tokens: Tokens,
+    cache_creation_1h_input_tokens: Tokens,
     *,
     batch: bool = True,
 ) -> Tokens:
-    """USD for token counts: scalars for one request, numpy arrays for a table of them."""
+    """USD for token counts: scalars for one request, numpy arrays for a table of them.
+
+    Cache writes are 5-minute ones except the part the usage reports as 1-hour writes, which cost
+    more (2x input against 1.25x).
+    """
     table = price_table()
-    input_cost = price.input * (
-        input_tokens
-        + cache_creation_input_tokens * table.cache_write_multiplier
-        + cache_read_input_tokens * table.cache_read_multiplier
-    )
-    total = (input_cost + price.output * output_tokens) / 1_000_000
+
+    def rate(own: float | None, multiplier: float) -> float:
+        return own if own is not None else price.input * multiplier
+
+    written_5m = cache_creation_input_tokens - cache_creation_1h_input_tokens
+    total = (
+        price.input * input_tokens
+        + rate(price.cache_write_5m, table.cache_write_5m_multiplier) * written_5m
+        + rate(price.cache_write_1h, table.cache_write_1h_multiplier)
+        * cache_creation_1h_input_tokens
+        + rate(price.cache_read, table.cache_read_multiplier) * cache_read_input_tokens
+        + price.output * output_tokens
+    ) / 1_000_000
     return total * table.batch_discount if batch else total
 
 
@@ -102,5 +115,6 @@ def cost_usd(model: str, usage: Usage, *, batch: bool = True) -> float | None:
         float(usage.output_tokens),
         float(usage.cache_creation_input_tokens),
         float(usage.cache_read_input_tokens),
+        float(usage.cache_creation_1h_input_tokens),
         batch=batch,
     )

@@ -39,6 +39,10 @@ MANIFEST = pa.schema(
         pa.field("params_hash", pa.string(), nullable=False),
         pa.field("request_bytes", pa.int64(), nullable=False),
         pa.field("estimated_input_tokens", pa.int64(), nullable=False),
+        # The row's own model and max_tokens (a tabular source may set them per row): what its
+        # worst-case cost is estimated from.
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("max_tokens", pa.int64(), nullable=False),
     ]
 )
 
@@ -60,6 +64,8 @@ _RESULT_FIELDS = [
     pa.field("output_tokens", pa.int64()),
     pa.field("cache_creation_input_tokens", pa.int64()),
     pa.field("cache_read_input_tokens", pa.int64()),
+    # The part of cache_creation_input_tokens written with a 1-hour TTL (priced apart).
+    pa.field("cache_creation_1h_input_tokens", pa.int64()),
     pa.field("error_type", pa.string()),
     pa.field("error_message", pa.string()),
 ]

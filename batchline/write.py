@@ -7,7 +7,6 @@ invalid documents), so a rerun rewrites the same files and removes the ones no l
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import Counter
 from typing import Any
 
@@ -24,13 +23,12 @@ from batchline.ledger import Ledger, RequestState
 from batchline.pricing import price_table, usage_cost
 from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
 
-log = logging.getLogger(__name__)
-
 _TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
 )
 
 
@@ -115,8 +113,6 @@ def write_results(layout: OutputLayout, output_schema: dict[str, Any] | None = N
         wanted.add("empty.parquet")
     for stale in set(layout.names("results", ".parquet")) - wanted:
         layout.fs.rm(layout.path("results", stale))
-    for model in sorted(tally.unpriced):
-        log.warning("no price for model %r: its rows have cost_usd null", model)
     summary = tally.summary(layout.url("results"), len(batch_ids))
     write_stamp(layout, ("results",), inputs, summary)
     failpoint("write.done")

@@ -21,7 +21,7 @@ from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, S
 from batchline.ledger import Ledger
 from batchline.load import check_source_and_output
 from batchline.lock import output_lock
-from batchline.pricing import check_max_tokens
+from batchline.models import check_run_model
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
@@ -36,6 +36,7 @@ from flows.tasks import (
     collect,
     job_config_for,
     load_documents,
+    look_up_models,
     submit,
     wait,
     write_parquet,
@@ -63,6 +64,10 @@ def batch_pipeline(
     dry_run: bool = False,
     id_column: str = "id",
     text_column: str = "text",
+    model_column: str = "model",
+    max_tokens_column: str = "max_tokens",
+    system_column: str = "system",
+    temperature_column: str = "temperature",
     shard_size: int = 10_000,
     batch_size: int = MAX_REQUESTS_PER_BATCH,
     max_batches_in_flight: int = 2,
@@ -78,8 +83,9 @@ def batch_pipeline(
     for JSON of that shape, each top-level field a typed results column; replies that do not
     match become ``invalid_output`` rows, resubmitted only with ``retry_invalid_output``.
     ``job_block`` (a saved BatchJob) replaces model, max_tokens, template, system, the output
-    schema and max_attempts. From a deployment, a run whose batches are
-    still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
+    schema and max_attempts. In tabular sources, the ``*_column`` columns override the run's
+    model, max_tokens, system and temperature row by row. From a deployment, a run whose batches
+    are still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
     The run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses.
     """
     job = job_config_for(
@@ -97,12 +103,16 @@ def batch_pipeline(
         max_cost_usd=max_cost_usd,
         max_requests_per_batch=batch_size,
         max_batches_in_flight=max_batches_in_flight,
+        model_column=model_column,
+        max_tokens_column=max_tokens_column,
+        system_column=system_column,
+        temperature_column=temperature_column,
     )
-    check_max_tokens(job.model, job.max_tokens)
     options = SourceOptions(id_column=id_column, text_column=text_column, shard_size=shard_size)
     check_source_and_output(source, output)  # before claim_output: a typo must claim nothing
-    if not dry_run:
-        client_for(credentials_block)  # no key: fail before loading anything
+    # No key, or a model no request could use (unknown, retired, no batches, max_tokens over
+    # its limit): fail before loading anything. The Models API is free, so dry runs ask it too.
+    models = check_run_model(client_for(credentials_block), job)
     layout = OutputLayout(output)
     with output_lock(layout, f"flow run {flow_run.name} ({flow_run.id})", logger=get_run_logger()):
         claim_output(layout, source, job.request_fingerprint())
@@ -110,7 +120,10 @@ def batch_pipeline(
         give_up_after = suspend_after_seconds if is_deployed() else None
 
         loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
-        built = build_requests.with_options(result_storage=storage)(layout.root, job, loaded)
+        models = look_up_models(layout.root, job, models, credentials_block)
+        built = build_requests.with_options(result_storage=storage)(
+            layout.root, job, loaded, models
+        )
         if dry_run:
             check_submittable(built, job)
             get_run_logger().info("dry run: %s", built.model_dump_json())

@@ -21,11 +21,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from batchline.build import BuildSummary, build_manifest, manifest_fingerprint
+from batchline.build import BuildSummary, build_manifest, manifest_fingerprint, requested_models
 from batchline.client import make_client
 from batchline.collect import CollectedBatch, collect_entry
-from batchline.config import ConfigError, JobConfig, SourceOptions
+from batchline.config import ROW_COLUMNS, ConfigError, JobConfig, SourceOptions
 from batchline.load import LoadSummary, source_fingerprint, stage_documents
+from batchline.models import ModelTable, look_up
 from batchline.retry import Submission
 from batchline.storage import Area, OutputLayout, stamped_summary
 from batchline.structured import load_output_schema
@@ -63,7 +64,7 @@ def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
 
 
 def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
-    inputs = manifest_fingerprint(p["loaded"].fingerprint, p["job"])
+    inputs = manifest_fingerprint(p["loaded"].fingerprint, p["job"], p["models"])
     return _stamped_key("build", p["output"], "manifest", inputs)
 
 
@@ -106,9 +107,29 @@ def load_documents(source: str, output: str, options: SourceOptions) -> LoadSumm
     return summary
 
 
+@task(name="look-up-models", cache_policy=NO_CACHE)
+def look_up_models(
+    output: str, job: JobConfig, known: ModelTable, credentials: str | None
+) -> ModelTable:
+    """``known`` plus the models the staged rows name in their model column, each looked up once."""
+    wanted = requested_models(OutputLayout(output), job)
+    structured = job.output_schema is not None
+    table = look_up(client_for(credentials), wanted, known=known, structured=structured)
+    get_run_logger().info(
+        "models: %s",
+        {
+            m: limits.problem or f"max_tokens {limits.max_tokens}"
+            for m, limits in table.models.items()
+        },
+    )
+    return table
+
+
 @task(name="build-requests", cache_key_fn=_build_key, persist_result=True)
-def build_requests(output: str, job: JobConfig, loaded: LoadSummary) -> BuildSummary:
-    summary = build_manifest(OutputLayout(output), job, loaded.fingerprint)
+def build_requests(
+    output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable
+) -> BuildSummary:
+    summary = build_manifest(OutputLayout(output), job, loaded.fingerprint, models)
     get_run_logger().info(
         "built %d requests (%.1f MB), %d invalid documents %s",
         summary.requests,
@@ -230,6 +251,7 @@ RUN_SETTINGS = (
     "max_requests_per_batch",
     "max_batches_in_flight",
     "retry_invalid_output",
+    *ROW_COLUMNS,
 )
 
 

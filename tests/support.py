@@ -13,6 +13,7 @@ import orjson
 import pandas as pd
 
 from batchline.emulator import Emulator
+from batchline.models import ModelLimits, ModelTable
 from batchline.retry import RETRYABLE_ERROR_TYPES
 from tests.conftest import TEST_API_KEY
 
@@ -26,6 +27,12 @@ def write_documents(folder: Path, count: int, start: int = 0) -> dict[str, str]:
         (folder / f"doc-{i:04d}.txt").write_text(text)
         docs[f"doc-{i:04d}"] = text
     return docs
+
+
+def model_table(*models: str, context: int = 200_000, output: int = 64_000) -> ModelTable:
+    """Models as the Models API would describe them, all usable and with the same limits."""
+    limits = {m: ModelLimits(model=m, max_input_tokens=context, max_tokens=output) for m in models}
+    return ModelTable(models=limits)
 
 
 def cli_env(

@@ -8,7 +8,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from batchline.emulator import faults, seeding
+from batchline.emulator import faults, models, seeding
 from batchline.emulator.config import EmulatorConfig
 from batchline.emulator.errors import ApiError, batch_not_found, invalid_request
 from batchline.emulator.intake import ByteSource, iter_requests
@@ -181,6 +181,40 @@ class BatchesApi:
         return self._store.stats(
             per_custom_id=_single(query, "per_custom_id") not in ("0", "false")
         )
+
+    def list_models(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """GET /v1/models: newest first; retired models only when `lifecycle` asks for them."""
+        wanted = set(query.get("lifecycle[]", []) + query.get("lifecycle", [])) or {
+            "active",
+            "deprecated",
+        }
+        listed = sorted(
+            (m for m in self._config.models if m.lifecycle in wanted),
+            key=lambda m: m.created_at,
+            reverse=True,
+        )
+        ids = [m.id for m in listed]
+        start, end = 0, len(listed)
+        if (after_id := _single(query, "after_id")) is not None:
+            start = ids.index(after_id) + 1 if after_id in ids else end
+        if (before_id := _single(query, "before_id")) is not None:
+            end = ids.index(before_id) if before_id in ids else 0
+        limit = _limit(query.get("limit"))
+        page = listed[start:end][:limit]
+        data = [m.info() for m in page]
+        return {
+            "data": data,
+            "has_more": start + len(page) < end,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    def retrieve_model(self, model_id: str) -> dict[str, Any]:
+        """GET /v1/models/{id}: by id or alias, retired ones included (they stay on record)."""
+        model = models.find(self._config.models, model_id)
+        if model is None:
+            raise ApiError(404, "not_found_error", f"model: {model_id}")
+        return model.info()
 
     def _get(self, batch_id: str) -> BatchRecord:
         record = self._store.get(batch_id)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
+import orjson
 from pydantic import ValidationError
 
 from batchline.emulator.config import EmulatorConfig
@@ -100,10 +102,10 @@ def _parser() -> argparse.ArgumentParser:
         help=about("results_outage_seconds"),
     )
     parser.add_argument(
-        "--max-output-tokens", type=int, metavar="N", help=about("max_output_tokens")
-    )
-    parser.add_argument(
-        "--context-window-tokens", type=int, metavar="N", help=about("context_window_tokens")
+        "--models",
+        dest="models_file",
+        metavar="FILE.json",
+        help=about("models") + " A JSON list of models (see docs/emulator.md).",
     )
     parser.add_argument("--cache-min-tokens", type=int, metavar="N", help=about("cache_min_tokens"))
     return parser
@@ -118,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     }
     settings["error_rates"] = dict(args.error_rate)
     settings["output_fault_rates"] = dict(args.output_fault_rate)
+    if args.models_file:
+        settings["models"] = orjson.loads(Path(args.models_file).read_bytes())
     try:
         settings["http_error_rates"] = {int(code): rate for code, rate in args.http_error_rate}
     except ValueError:
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ValidationError, ValueError) as error:
+    except (ValidationError, ValueError, OSError) as error:
         parser.error(str(error))
     stop = threading.Event()
 

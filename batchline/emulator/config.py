@@ -6,6 +6,8 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from batchline.emulator.models import DEFAULT_MODELS, EmulatedModel
+
 #: Error types a request may come back `errored` with (the API's documented `ErrorType`s that a
 #: single Messages call can fail with).
 REQUEST_ERROR_TYPES: Final = frozenset(
@@ -119,11 +121,10 @@ class EmulatorConfig(BaseModel):
             "for this many seconds after it, is answered 500 before any side effect."
         ),
     )
-    max_output_tokens: int = Field(
-        64_000, ge=1, description="Largest max_tokens a request may ask for."
-    )
-    context_window_tokens: int = Field(
-        200_000, ge=1, description="Largest estimated prompt a request may send."
+    models: tuple[EmulatedModel, ...] = Field(
+        DEFAULT_MODELS,
+        description="The models GET /v1/models lists, with their limits and capabilities; a "
+        "request naming another model (or a retired one) comes back errored, not_found_error.",
     )
     cache_min_tokens: int = Field(
         1024,

@@ -18,7 +18,7 @@ import orjson
 from anthropic.types import message_create_params
 from anthropic.types.beta import message_create_params as beta_message_create_params
 
-from batchline.emulator import values
+from batchline.emulator import models, values
 from batchline.emulator.config import EmulatorConfig, OutputFault
 
 QUOTE_CHARS: Final = 64
@@ -108,11 +108,12 @@ def check(params: dict[str, Any], config: EmulatorConfig) -> Prepared:
         raise InvalidParams('"stream=True" is not supported in the Message Batches API')
     if max_tokens < 1:
         raise InvalidParams("max_tokens: must be greater than or equal to 1")
-    if not model.startswith("claude-"):
+    known = models.find(config.models, model)
+    if known is None or known.lifecycle == "retired":
         raise InvalidParams(f"model: {model}", "not_found_error")
-    if max_tokens > config.max_output_tokens:
+    if max_tokens > known.max_tokens:
         raise InvalidParams(
-            f"max_tokens: {max_tokens} > {config.max_output_tokens}, which is the maximum "
+            f"max_tokens: {max_tokens} > {known.max_tokens}, which is the maximum "
             f"allowed number of output tokens for {model}"
         )
     if not messages:
@@ -142,9 +143,9 @@ def check(params: dict[str, Any], config: EmulatorConfig) -> Prepared:
             f"Found {len(breakpoints)}."
         )
     prompt_tokens = tokens(prompt_chars)
-    if prompt_tokens > config.context_window_tokens:
+    if prompt_tokens > known.max_input_tokens:
         raise InvalidParams(
-            f"prompt is too long: {prompt_tokens} tokens > {config.context_window_tokens} maximum"
+            f"prompt is too long: {prompt_tokens} tokens > {known.max_input_tokens} maximum"
         )
     return Prepared(
         params=params,

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES: Final = 256_000_000
 _DRAIN_CHUNK: Final = 1 << 20
 _BATCH_PATH: Final = re.compile(r"/v1/messages/batches/(?P<id>[^/]+)(?P<action>/cancel|/results)?")
+_MODEL_PATH: Final = re.compile(r"/v1/models/(?P<id>[^/]+)")
 
 Handler = Callable[[BatchesApi, "Request"], "dict[str, Any] | ResultsBody"]
 
@@ -42,9 +43,9 @@ class _Readable(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What an endpoint needs from a request: the batch id in its path, its query and body."""
+    """What an endpoint needs from a request: the object id in its path, its query and body."""
 
-    batch_id: str
+    object_id: str
     query: dict[str, list[str]]
     body: Body
 
@@ -119,19 +120,27 @@ def _list(api: BatchesApi, request: Request) -> dict[str, Any]:
 
 
 def _retrieve(api: BatchesApi, request: Request) -> dict[str, Any]:
-    return api.retrieve(request.batch_id)
+    return api.retrieve(request.object_id)
 
 
 def _delete(api: BatchesApi, request: Request) -> dict[str, Any]:
-    return api.delete(request.batch_id)
+    return api.delete(request.object_id)
 
 
 def _cancel(api: BatchesApi, request: Request) -> dict[str, Any]:
-    return api.cancel(request.batch_id)
+    return api.cancel(request.object_id)
 
 
 def _results(api: BatchesApi, request: Request) -> ResultsBody:
-    return api.results(request.batch_id)
+    return api.results(request.object_id)
+
+
+def _list_models(api: BatchesApi, request: Request) -> dict[str, Any]:
+    return api.list_models(request.query)
+
+
+def _retrieve_model(api: BatchesApi, request: Request) -> dict[str, Any]:
+    return api.retrieve_model(request.object_id)
 
 
 _ITEM_ROUTES: Final[dict[tuple[str, str | None], Handler]] = {
@@ -143,9 +152,13 @@ _ITEM_ROUTES: Final[dict[tuple[str, str | None], Handler]] = {
 
 
 def _route(method: str, path: str) -> tuple[Handler, str] | None:
-    """The endpoint for a /v1 method and path, with the batch id it names (or "")."""
+    """The endpoint for a /v1 method and path, with the object id it names (or "")."""
     if path == "/v1/messages/batches":
         return {"POST": (_create, ""), "GET": (_list, "")}.get(method)
+    if path == "/v1/models":
+        return (_list_models, "") if method == "GET" else None
+    if (model := _MODEL_PATH.fullmatch(path)) is not None:
+        return (_retrieve_model, model["id"]) if method == "GET" else None
     match = _BATCH_PATH.fullmatch(path)
     if match is None:
         return None
@@ -281,14 +294,14 @@ class _Handler(BaseHTTPRequestHandler):
         route = _route(method, url.path)
         if route is None:
             raise ApiError(404, "not_found_error", "Not found")
-        handler, batch_id = route
+        handler, object_id = route
         if handler is _create:
             api.count_create_call()
         self._authenticate()
         fault = api.http_fault()
         if fault is not None:
             raise fault
-        return handler(api, Request(batch_id, query, body))
+        return handler(api, Request(object_id, query, body))
 
     def _authenticate(self) -> None:
         api_key = self.headers.get("x-api-key", "").strip()

@@ -156,12 +156,12 @@ def test_max_tokens_over_the_models_limit_fails_before_loading(
     emulator = emulator_factory()
     api_env(emulator)
     write_documents(tmp_path / "docs", 2)
-    with pytest.raises(ConfigError, match="output limit of 8192"):
+    with pytest.raises(ConfigError, match="output limit of 64000 tokens \\(Models API\\)"):
         batch_pipeline(
             source=str(tmp_path / "docs"),
             output=str(tmp_path / "o"),
-            model="claude-3-5-haiku-20241022",
-            max_tokens=10_000,
+            model="claude-haiku-4-5-20251001",
+            max_tokens=64_001,
         )
     assert not (tmp_path / "o" / "documents").exists()
     assert emulator.stats()["create_calls"] == 0

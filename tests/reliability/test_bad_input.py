@@ -17,6 +17,7 @@ import pytest
 from batchline import schemas
 from batchline.cli import main
 from batchline.emulator import Emulator
+from batchline.emulator.models import DEFAULT_MODELS, EmulatedModel
 from tests.support import finish, run_cli, write_documents
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -91,8 +92,9 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
         ("max-tokens-zero", "batchline: max_tokens: Input should be greater than or equal to 1"),
         (
             "max-tokens-too-large",
-            "batchline: max_tokens: Input should be less than or equal to 128000",
+            "batchline: max_tokens 200000 is over claude-haiku-4-5's output limit of 64000 tokens",
         ),
+        ("unknown-model", "batchline: model 'claude-nope' is unknown to the Models API"),
         ("output-under-a-file", "cannot be used"),
         ("output-not-empty", "is not empty and not a batchline output (it holds notes.txt)"),
         ("no-api-key", "no Anthropic API key: set ANTHROPIC_API_KEY"),
@@ -122,6 +124,8 @@ def test_unusable_setting_exits_2_naming_it_before_any_spend(
             extra = ["--max-tokens", "0"]
         case "max-tokens-too-large":
             extra = ["--max-tokens", "200000"]
+        case "unknown-model":
+            extra = ["--model", "claude-nope"]
         case "output-under-a-file":
             (tmp_path / "file.txt").write_text("not a folder")
             output = tmp_path / "file.txt" / "out"
@@ -168,12 +172,16 @@ def test_output_of_another_source_is_refused_unless_forced(
     assert emulator.stats()["create_calls"] == 0
 
 
-def test_unknown_model_runs_with_a_warning_and_null_cost(
+def test_unpriced_model_runs_with_a_warning_and_null_cost(
     tmp_path: Path,
-    emulator: Emulator,
+    emulator_factory: Callable[..., Emulator],
+    api_env: Callable[[Emulator], None],
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Known to the Models API, so usable, but with no price in the table.
+    future = EmulatedModel(id="claude-future-9", display_name="Future")
+    api_env(emulator_factory(models=(*DEFAULT_MODELS, future)))
     write_documents(tmp_path / "docs", 3)
     with caplog.at_level(logging.WARNING):
         code, printed = _cli(
@@ -187,7 +195,8 @@ def test_unknown_model_runs_with_a_warning_and_null_cost(
             *FAST,
         )
     assert code == 0, printed
-    assert "model 'claude-future-9' has no price in data/prices.json" in caplog.text
+    assert "model 'claude-future-9' has no price in " in caplog.text
+    assert "batchline/data/prices.json" in caplog.text
     assert "cost at batch prices unknown (no price)" in printed
     table = pd.read_parquet(tmp_path / "out" / "results")
     assert set(table.status) == {"succeeded"}

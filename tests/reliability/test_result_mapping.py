@@ -26,6 +26,7 @@ from batchline.load import stage_documents
 from batchline.retry import needs_submission
 from batchline.storage import OutputLayout
 from batchline.write import write_results
+from tests.support import model_table
 
 JOB = JobConfig()
 OUTCOMES = ["succeeded", "overloaded_error", "invalid_request_error", "expired"]
@@ -62,7 +63,7 @@ def _staged(root: str, ids: list[str], shard_size: int) -> tuple[OutputLayout, p
         handle.write(b"\n".join(orjson.dumps({"id": i, "text": f"text of {i}"}) for i in ids))
     layout = OutputLayout(f"{root}/out")
     loaded = stage_documents(source, layout, SourceOptions(shard_size=shard_size))
-    build_manifest(layout, JOB, loaded.fingerprint)
+    build_manifest(layout, JOB, loaded.fingerprint, model_table(JOB.model))
     parts = [layout.read_table("manifest", n) for n in layout.names("manifest", ".parquet")]
     return layout, pa.concat_tables(parts)
 

@@ -31,6 +31,21 @@ def test_succeeded_line_keeps_text_tool_use_and_usage() -> None:
     assert row["batch_id"] == "b1"
 
 
+def test_one_hour_cache_writes_are_kept_apart_when_the_usage_reports_them() -> None:
+    usage = {
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 700,
+        "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 500},
+    }
+    message = {"model": "claude-haiku-4-5", "content": [], "usage": usage}
+    row = parse_result_line(_line({"type": "succeeded", "message": message}), "b1")
+    assert (row["cache_creation_input_tokens"], row["cache_creation_1h_input_tokens"]) == (700, 500)
+    del usage["cache_creation"]  # older answers: every write is a 5-minute one
+    row = parse_result_line(_line({"type": "succeeded", "message": message}), "b1")
+    assert row["cache_creation_1h_input_tokens"] == 0
+
+
 def test_errored_line_keeps_the_error_type_and_message() -> None:
     error = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad model"}}
     row = parse_result_line(_line({"type": "errored", "error": error}), "b1")

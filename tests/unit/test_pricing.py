@@ -1,9 +1,13 @@
 from __future__ import annotations
 
-import pytest
+import json
+import typing
+from importlib import resources
 
-from batchline.config import ConfigError
-from batchline.pricing import Usage, check_max_tokens, cost_usd, price_table
+import pytest
+from anthropic.types import ModelParam
+
+from batchline.pricing import Usage, cost_usd, price_table
 
 
 def test_batch_price_is_half_the_standard_price() -> None:
@@ -14,23 +18,56 @@ def test_batch_price_is_half_the_standard_price() -> None:
 
 def test_cache_multipliers_stack_on_the_batch_discount() -> None:
     usage = Usage(cache_creation_input_tokens=1_000_000, cache_read_input_tokens=1_000_000)
-    # sonnet input $3/M: write 1.25x, read 0.1x, then the 50% batch discount
+    # sonnet input $3/M: 5-minute write 1.25x, read 0.1x, then the 50% batch discount
     assert cost_usd("claude-sonnet-4-5", usage) == pytest.approx((3.75 + 0.3) / 2)
 
 
-def test_dated_model_ids_match_their_family_and_unknown_models_have_no_price() -> None:
+def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
+    # Of 1M tokens written, 400k were written for an hour (2x) and the rest for 5 minutes (1.25x).
+    usage = Usage(cache_creation_input_tokens=1_000_000, cache_creation_1h_input_tokens=400_000)
+    assert cost_usd("claude-opus-4-6", usage, batch=False) == pytest.approx(
+        5.0 * (0.6 * 1.25 + 0.4 * 2)
+    )
+
+
+def test_a_models_own_cache_rates_replace_the_multipliers() -> None:
+    reads = Usage(cache_read_input_tokens=1_000_000)
+    assert cost_usd("claude-opus-5-5", reads, batch=False) == pytest.approx(0.20)  # 0.05x
+    assert cost_usd("claude-fable-5-1", reads, batch=False) == pytest.approx(0.25)  # 0.025x
+    writes = Usage(cache_creation_input_tokens=1_000_000)
+    assert cost_usd("claude-3-haiku", writes, batch=False) == pytest.approx(0.30)
+
+
+def test_newer_models_and_dated_snapshots_are_priced_from_their_own_entries() -> None:
     table = price_table()
+    # claude-opus-4-6 is not claude-opus-4 ($15/$75): it has its own entry, $5/$25.
+    assert table.for_model("claude-opus-4-6") == table.models["claude-opus-4-6"]
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert cost_usd("claude-opus-4-6", usage, batch=False) == pytest.approx(30.0)
     assert table.for_model("claude-haiku-4-5-20251001") == table.models["claude-haiku-4-5"]
-    assert table.for_model("claude-sonnet-4-5-20250929") == table.models["claude-sonnet-4-5"]
+    assert table.for_model("claude-opus-4-5-20251101") == table.models["claude-opus-4-5"]
     assert table.for_model("claude-3-5-haiku-latest") == table.models["claude-3-5-haiku"]
+
+
+def test_unknown_models_have_no_price_never_a_guess() -> None:
+    table = price_table()
     assert cost_usd("gpt-nothing", Usage(input_tokens=10)) is None
-    # A newer model is not its older family's price: unknown, so warned about, never guessed.
-    assert table.for_model("claude-opus-4-6") is None
+    assert table.for_model("claude-opus-4-9") is None
     assert table.for_model("claude-opus-4-5-preview") is None
 
 
-def test_max_tokens_over_the_models_output_limit_is_refused() -> None:
-    check_max_tokens("claude-haiku-4-5-20251001", 64_000)
-    check_max_tokens("some-unlisted-model", 128_000)  # no limit known: the API decides
-    with pytest.raises(ConfigError, match="over claude-3-haiku's output limit of 4096"):
-        check_max_tokens("claude-3-haiku", 8_192)
+def test_every_model_the_sdk_lists_is_priced_or_named_as_unpriced() -> None:
+    listed = {m for m in typing.get_args(typing.get_args(ModelParam)[0])}
+    raw = resources.files("batchline").joinpath("data/prices.json").read_text("utf-8")
+    comment = json.loads(raw)["_comment"]
+    table = price_table()
+    unpriced = {m for m in listed if table.for_model(m) is None}
+    assert unpriced == {
+        "claude-haiku-5-5",
+        "claude-sonnet-5-5",
+        "claude-fable-5-2",
+        "claude-mythos-5-1",
+        "claude-mythos-5-2",
+        "claude-mythos-preview",
+    }
+    assert all(m in comment for m in unpriced), "the file says which models it leaves out"
