@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,16 +91,9 @@ class Ledger:
         expires_at: datetime,
         adopted: bool,
     ) -> LedgerEntry:
-        done = entry.model_copy(
-            update={
-                "batch_id": batch_id,
-                "created_at": created_at,
-                "expires_at": expires_at,
-                "adopted": adopted,
-            }
+        return self._update(
+            entry, batch_id=batch_id, created_at=created_at, expires_at=expires_at, adopted=adopted
         )
-        self.layout.write_json("ledger", f"{entry.key}.json", done.model_dump(mode="json"))
-        return done
 
     def reject_adoption(self, entry: LedgerEntry) -> LedgerEntry:
         """Undo the adoption of a batch that is not this intent's: its requests are ours again.
@@ -108,17 +102,19 @@ class Ledger:
         batch the intent really made, or creates one.
         """
         assert entry.batch_id is not None and entry.adopted
-        undone = entry.model_copy(
-            update={
-                "batch_id": None,
-                "created_at": None,
-                "expires_at": None,
-                "adopted": False,
-                "rejected_batch_ids": [*entry.rejected_batch_ids, entry.batch_id],
-            }
+        return self._update(
+            entry,
+            batch_id=None,
+            created_at=None,
+            expires_at=None,
+            adopted=False,
+            rejected_batch_ids=[*entry.rejected_batch_ids, entry.batch_id],
         )
-        self.layout.write_json("ledger", f"{entry.key}.json", undone.model_dump(mode="json"))
-        return undone
+
+    def _update(self, entry: LedgerEntry, **changes: Any) -> LedgerEntry:
+        updated = entry.model_copy(update=changes)
+        self.layout.write_json("ledger", f"{entry.key}.json", updated.model_dump(mode="json"))
+        return updated
 
     def entry_for(self, batch_id: str) -> LedgerEntry:
         """The one entry that holds ``batch_id``; a RunError when none or several do."""
