@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_a_deployed_flow_run_loads_prefect_collections_without_errors(tmp_path: 
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=FLOWS.parent,
-        env={"PREFECT_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PREFECT_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=300,
