@@ -45,6 +45,8 @@ DEFAULT_PORT = 4200
 # The ephemeral flag keeps the UI and every service a single run has no use for off; fewer
 # writers also means fewer sqlite "database is locked" retries.
 RUN_SERVER_SETTINGS = {"PREFECT__SERVER_EPHEMERAL": "1", "PREFECT_SERVER_UI_ENABLED": "false"}
+# No upgrade banners: the UI is for looking at runs.
+LOCAL_SERVER_SETTINGS = {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -190,7 +192,7 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> tuple[LocalServer, boo
     home.mkdir(parents=True, exist_ok=True)
     with _startup_lock(home):
         process = local.spawn_prefect_server(
-            home, port, ui=True, log=home / SERVER_LOG, inherit=True
+            home, port, ui=True, log=home / SERVER_LOG, settings=LOCAL_SERVER_SETTINGS, inherit=True
         )
         server = LocalServer(process.pid, f"http://127.0.0.1:{port}/api")
         (home / STATE_FILE).write_text(json.dumps({"pid": server.pid, "api_url": server.api_url}))
