@@ -131,9 +131,8 @@ def using(api: PrefectApi) -> Iterator[Callable[[], None]]:
     server is stopped when the block ends, whatever ends it.
     """
     if api.kind != "run":
-        if api.api_url is not None:
-            os.environ["PREFECT_API_URL"] = api.api_url
-        yield lambda: None
+        with _environment(PREFECT_API_URL=api.api_url):
+            yield lambda: None
         return
     api.home.mkdir(parents=True, exist_ok=True)
     port = local.free_port()
@@ -148,15 +147,32 @@ def using(api: PrefectApi) -> Iterator[Callable[[], None]]:
             local.await_prefect_server(process, port, STARTUP_TIMEOUT, log)
             starting.close()
 
-        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        # Its UI is not served and it is gone after the run: Prefect's "View at" link would
-        # be dead.
-        os.environ["PREFECT_UI_URL"] = ""
-        os.environ.setdefault("DO_NOT_TRACK", "1")
         try:
-            yield ready
+            with _environment(
+                PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                # No UI is served and the server is gone after the run: Prefect's "View at"
+                # link would lead nowhere.
+                PREFECT_UI_URL="",
+                DO_NOT_TRACK=os.environ.get("DO_NOT_TRACK", "1"),
+            ):
+                yield ready
         finally:
             local.stop(process, grace=15)
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """``values`` in this process's environment for the block (None: left as it is)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -62,3 +62,11 @@ def test_the_watch_reports_the_first_flow_run_only(caplog: pytest.LogCaptureFixt
         logger.info("Beginning flow run", extra={"flow_run_id": "top"})
         logger.info("Beginning subflow run", extra={"flow_run_id": "sub"})
     assert started == ["top"] and watch.flow_run_id == "top"
+
+
+def test_using_an_api_sets_its_address_for_the_block_only(tmp_path: Path) -> None:
+    api = prefect_server.PrefectApi("configured", tmp_path, api_url="http://10.0.0.5:4200/api")
+    with prefect_server.using(api) as ready:
+        ready()
+        assert os.environ["PREFECT_API_URL"] == "http://10.0.0.5:4200/api"
+    assert "PREFECT_API_URL" not in os.environ
