@@ -8,11 +8,12 @@ end at once), with:
 
 - "new home": an empty PREFECT_HOME, so the run's own server first creates Prefect's database;
 - "warm home": the run's own server on a home an earlier run has prepared;
-- "local server": `batchline server start` up on that home, which the run uses.
+- "local server": `batchline server start` up (on a home of its own), which the run uses.
 
 The seed loop (bench/pipeline_bench.py's: one create, fixed polls, typed results) runs as its
-own process on the same documents and emulator. Medians of ``--repeats`` runs are printed, with
-the machine's load average, since other work on the machine shows in every figure.
+own process on the same documents and emulator. The scenarios take turns, ``--repeats`` rounds;
+medians are printed with the machine's load average, since other work on the machine shows in
+every figure.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ def run_command(corpus: Path, output: Path) -> list[str]:
     return batchline("run", str(corpus), "--output", str(output), *polls)
 
 
-def median_of(repeats: int, measure: Callable[[int], tuple[float, float | None]]) -> str:
-    figures = [measure(i) for i in range(repeats)]
+Figures = tuple[float, float | None]
+
+
+def medians(figures: list[Figures]) -> str:
     whole = statistics.median(f[0] for f in figures)
     firsts = [f[1] for f in figures if f[1] is not None]
-    first = f"{statistics.median(firsts):6.1f}" if firsts else "     -"
-    return f"{first} {whole:8.1f}"
+    first = f"{statistics.median(firsts):10.1f}" if firsts else f"{'-':>10}"
+    return f"{first} {whole:9.1f}"
 
 
 def report(opts: argparse.Namespace) -> None:
@@ -80,40 +83,38 @@ def report(opts: argparse.Namespace) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         base |= {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key", "COLUMNS": "300"}
 
-        def run_with(home: Callable[[int], Path]) -> Callable[[int], tuple[float, float | None]]:
-            def measure(i: int) -> tuple[float, float | None]:
-                output = root / f"out-{time.time_ns()}"
-                return timed_run(run_command(corpus, output), base | {"PREFECT_HOME": str(home(i))})
+        def run_in(home: Path) -> Figures:
+            output = root / f"out-{time.time_ns()}"
+            return timed_run(run_command(corpus, output), base | {"PREFECT_HOME": str(home)})
 
-            return measure
-
-        def seed(i: int) -> tuple[float, float | None]:
+        def seed() -> Figures:
             bench = str(Path(__file__).with_name("pipeline_bench.py"))
-            side = ["--side", "seed", "--corpus", str(corpus), "--workdir", str(root)]
-            return timed_run([sys.executable, bench, *side, "--poll", POLL], base)[0], None
+            side = ["--side", "seed", "--corpus", str(corpus), "--poll", POLL]
+            return timed_run([sys.executable, bench, *side], base)[0], None
 
-        warm = root / "warm-home"
-        rows = {
-            "temporary server, new home": run_with(lambda i: root / f"new-home-{i}"),
-            "temporary server, warm home": run_with(lambda i: warm),
-        }
-        print(f"{opts.documents} documents, medians of {opts.repeats} runs, seconds")
-        print(f"{'':32} {'first task':>10} {'whole run':>9}")
-        for name, measure in rows.items():
-            print(f"{name:32} {median_of(opts.repeats, measure):>20}", flush=True)
+        warm, served = root / "warm-home", root / "served-home"
+        run_in(warm)  # prepares the warm home's database
+        server = base | {"PREFECT_HOME": str(served)}
         start = batchline("server", "start", "--port", str(free_port()))
-        subprocess.run(
-            start, env=base | {"PREFECT_HOME": str(warm)}, check=True, capture_output=True
-        )
+        subprocess.run(start, env=server, check=True, capture_output=True)
+        scenarios: dict[str, Callable[[int], Figures]] = {
+            "temporary server, new home": lambda i: run_in(root / f"new-home-{i}"),
+            "temporary server, warm home": lambda i: run_in(warm),
+            "local server (batchline server)": lambda i: run_in(served),
+            "seed loop (plain SDK)": lambda i: seed(),
+        }
+        figures: dict[str, list[Figures]] = {name: [] for name in scenarios}
         try:
-            local = median_of(opts.repeats, run_with(lambda i: warm))
-            print(f"{'local server (batchline server)':32} {local:>20}", flush=True)
+            # Round-robin, so a change in the machine's load weighs on every scenario alike.
+            for i in range(opts.repeats):
+                for name, measure in scenarios.items():
+                    figures[name].append(measure(i))
         finally:
-            stop = batchline("server", "stop")
-            subprocess.run(
-                stop, env=base | {"PREFECT_HOME": str(warm)}, check=True, capture_output=True
-            )
-        print(f"{'seed loop (plain SDK)':32} {median_of(opts.repeats, seed):>20}")
+            subprocess.run(batchline("server", "stop"), env=server, capture_output=True)
+    print(f"{opts.documents} documents, medians of {opts.repeats} runs, seconds")
+    print(f"{'':32} {'first task':>10} {'whole run':>9}")
+    for name, runs in figures.items():
+        print(f"{name:32} {medians(runs)}")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
