@@ -90,6 +90,9 @@ def spawn_prefect_server(
     4200 it would otherwise show "Can't connect to Server API".
     """
     env = prefect_env(home, inherit, **(settings or {}))
+    # A server never calls the Messages API: the key stays out of its process and anything
+    # it might log.
+    env.pop("ANTHROPIC_API_KEY", None)
     command = [sys.executable, "-m", "batchline.prefect_server"]
     if tied:
         command += ["--parent", str(os.getpid())]

@@ -17,6 +17,7 @@ import pytest
 
 from batchline import local
 from batchline.emulator import Emulator
+from tests.conftest import TEST_API_KEY
 from tests.support import cli_env, finish, run_cli, submitted_batches, write_documents
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,8 @@ def test_sigkill_of_a_run_leaves_no_server_behind(
     local.wait_for(lambda: submitted_batches(output), 600, "the run to submit its batch", run)
     servers = _servers_of(home)
     assert len(servers) == 1, servers
+    # The server never calls the Messages API, so the key is not even in its environment.
+    assert TEST_API_KEY.encode() not in Path(f"/proc/{servers[0]}/environ").read_bytes()
 
     run.kill()  # as an OOM kill or a CI timeout would
     run.wait()
