@@ -59,6 +59,8 @@ def test_sigkill_of_a_run_leaves_no_server_behind(
     local.wait_for(lambda: submitted_batches(output), 600, "the run to submit its batch", run)
     servers = _servers_of(home)
     assert len(servers) == 1, servers
+    # A session of its own: a Ctrl-C at the run's terminal goes to the run's process group only.
+    assert os.getsid(servers[0]) == servers[0] != os.getpgid(run.pid)
     # The server never calls the Messages API, so the key is not even in its environment.
     assert TEST_API_KEY.encode() not in Path(f"/proc/{servers[0]}/environ").read_bytes()
 
