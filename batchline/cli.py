@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -251,10 +252,7 @@ def prefect_api(demo: bool = False) -> Iterator[PrefectApi]:
     """
     api = prefect_server.choose_api()
     if api.prepares_database:
-        console.print(
-            f"Preparing Prefect's database in {api.home} (first run with this PREFECT_HOME only;"
-            " a minute or two)"
-        )
+        _say_preparing(api.home)
     watch = prefect_server.FlowRunWatch(lambda run_id: _print_run_page(api, run_id))
     with prefect_server.using(api) as ready:
         import flows.pipeline  # noqa: F401  (Prefect's import overlaps its server's start)
@@ -279,6 +277,13 @@ def prefect_api(demo: bool = False) -> Iterator[PrefectApi]:
         )
 
 
+def _say_preparing(home: Path) -> None:
+    console.print(
+        f"Preparing Prefect's database in {home} (first time with this PREFECT_HOME only;"
+        " a minute or two)"
+    )
+
+
 def _print_run_page(api: PrefectApi, flow_run_id: str) -> None:
     if api.local is not None:
         console.print(f"run in the Prefect UI: {api.local.run_url(flow_run_id)}")
@@ -297,6 +302,8 @@ def _server(args: argparse.Namespace) -> int:
     home = prefect_server.prefect_home()
     match args.action:
         case "start":
+            if prefect_server.running_server(home) is None and prefect_server.is_new_home(home):
+                _say_preparing(home)
             try:
                 server, started = prefect_server.start_server(home, args.port)
             except ServerError as exc:

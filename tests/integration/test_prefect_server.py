@@ -87,6 +87,7 @@ def test_a_run_with_the_local_server_up_is_in_the_ui(
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{port}" in started.stdout
+        assert "Preparing Prefect's database" in started.stdout  # a new home
         again = server("start")
         assert again.returncode == 0 and "already running" in again.stdout
         assert f"http://127.0.0.1:{port}" in server("status").stdout
