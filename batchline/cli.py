@@ -1,7 +1,8 @@
-"""The `batchline` command: run the pipeline, run the demo, or serve the emulator.
+"""The `batchline` command: run the pipeline, run the demo, a local Prefect server, the emulator.
 
 This is the console surface, so it is the one place that prints. Prefect is imported lazily, only
-by the commands that run a flow, so `batchline emulator` and `--help` start fast.
+by the commands that run a flow, so `batchline emulator` and `--help` start fast, and only after
+`batchline.prefect_server` has chosen the Prefect API the run uses.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -22,7 +23,9 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from batchline import prefect_server
 from batchline.config import DEFAULT_MODEL
+from batchline.prefect_server import PrefectApi, ServerError
 
 if TYPE_CHECKING:
     from batchline.build import BuildSummary
@@ -46,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.handler(args))
+    if args.command not in ("run", "demo"):
+        return int(args.handler(args))
+    try:
+        with prefect_api(demo=args.command == "demo"):
+            return int(args.handler(args))
+    except ServerError as exc:
+        console.print(f"[bold red]batchline: {exc}[/]")
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
         help="classify bundled support tickets into typed columns (structured outputs)",
     )
     demo.set_defaults(handler=_demo)
+
+    server = commands.add_parser(
+        "server", help="a local Prefect server with its UI, used by runs while it is up"
+    )
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument(
+        "--port", type=int, default=prefect_server.DEFAULT_PORT, help="for start: UI and API port"
+    )
+    server.set_defaults(handler=_server)
 
     commands.add_parser("emulator", help="serve the Message Batches API emulator (see --help)")
     return parser
@@ -290,12 +309,11 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         source = demo_documents()
         job = ["--template", "Summarize in one sentence: {text}", "--system", demo_system_prompt()]
-    with Emulator(config) as emulator, tempfile.TemporaryDirectory() as scratch:
+    with Emulator(config) as emulator:
         # The demo never talks to the real API: the emulator's URL and a throwaway key are set
         # for this process only.
         os.environ["ANTHROPIC_BASE_URL"] = emulator.base_url
         os.environ["ANTHROPIC_API_KEY"] = "demo-key-for-the-local-emulator"
-        os.environ.setdefault("PREFECT_HOME", os.path.join(scratch, "prefect"))
         console.print(f"emulator at {emulator.base_url}; documents: {source}")
         run = ["run", source, "--output", output, *job]
         code = _run(
@@ -304,6 +322,96 @@ def _demo(args: argparse.Namespace) -> int:
         if code == 0 and args.structured:
             _print_typed_columns(output)
         return code
+
+
+@contextmanager
+def prefect_api(demo: bool = False) -> Iterator[PrefectApi]:
+    """The Prefect API of a run, chosen before Prefect is imported (batchline/prefect_server.py).
+
+    With the local server up the run's UI address is printed when the run starts and ends.
+    """
+    api = prefect_server.choose_api()
+    if api.prepares_database:
+        _say_preparing(api.home)
+    watch = prefect_server.FlowRunWatch(lambda run_id: _print_run_page(api, run_id))
+    with prefect_server.using(api) as ready:
+        import flows.pipeline  # noqa: F401  (Prefect's import overlaps its server's start)
+
+        try:
+            ready()
+        except (RuntimeError, TimeoutError) as exc:
+            log = api.home / prefect_server.RUN_SERVER_LOG
+            raise ServerError(f"Prefect's server did not start ({exc}); its log: {log}") from exc
+        # After the import: Prefect's logging set-up replaces the handlers of its loggers.
+        with watch.watching():
+            try:
+                yield api
+            finally:
+                _flush_to_server()
+                if watch.flow_run_id is not None:
+                    _print_run_page(api, watch.flow_run_id)
+    if demo and api.kind == "run":
+        console.print(
+            "To look at this run in Prefect's UI (graph, cached steps, artifacts): "
+            "batchline server start, then open the URL it prints and pick the latest run."
+        )
+
+
+def _say_preparing(home: Path) -> None:
+    console.print(
+        f"Preparing Prefect's database in {home} (first time with this PREFECT_HOME only;"
+        " a minute or two)"
+    )
+
+
+def _print_run_page(api: PrefectApi, flow_run_id: str) -> None:
+    if api.local is not None:
+        console.print(f"run in the Prefect UI: {api.local.run_url(flow_run_id)}")
+
+
+def _flush_to_server() -> None:
+    """Send the run's queued logs and events while its server is still there to take them."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
+def _server(args: argparse.Namespace) -> int:
+    home = prefect_server.prefect_home()
+    match args.action:
+        case "start":
+            if prefect_server.running_server(home) is None and prefect_server.is_new_home(home):
+                _say_preparing(home)
+            try:
+                server, started = prefect_server.start_server(home, args.port)
+            except ServerError as exc:
+                console.print(f"[bold red]batchline: {exc}[/]")
+                return 2
+            except (RuntimeError, TimeoutError) as exc:
+                log = home / prefect_server.SERVER_LOG
+                console.print(f"[bold red]batchline: the server did not start ({exc}); see {log}")
+                return 1
+            state = "started" if started else "already running"
+            console.print(f"Prefect server {state}: {server.ui_url}  (API {server.api_url})")
+            console.print(f"state and log in {home}; stop it with: batchline server stop")
+            if configured := prefect_server.configured_api_url(home):
+                console.print(f"note: runs use PREFECT_API_URL={configured}, not this server")
+        case "stop":
+            stopped = prefect_server.stop_server(home)
+            console.print(
+                f"stopped the Prefect server at {stopped.ui_url}"
+                if stopped
+                else f"no batchline Prefect server runs for PREFECT_HOME={home}"
+            )
+        case "status":
+            running = prefect_server.running_server(home)
+            if running is None:
+                console.print(f"no batchline Prefect server runs for PREFECT_HOME={home}")
+                return 1
+            console.print(f"Prefect server running: {running.ui_url}  (API {running.api_url})")
+    return 0
 
 
 def demo_system_prompt() -> str:

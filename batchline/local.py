@@ -1,8 +1,9 @@
-"""Local processes for development, tests and benchmarks: free ports, Prefect server, emulator.
+"""Local processes: free ports, Prefect servers, the emulator; for runs, tests and benchmarks.
 
 Each process runs in its own process group (``start_new_session``) so that ``stop`` ends it
-together with whatever it started. Prefect is only ever run as ``python -m prefect``: this
-module imports nothing of it.
+together with whatever it started, and a Ctrl-C at the terminal does not reach it. Prefect
+servers run as ``python -m batchline.prefect_server server start``: this module imports
+nothing of Prefect.
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def prefect_env(home: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without its PREFECT_ settings, with ``home`` and ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+def prefect_env(home: Path, inherit: bool = False, **settings: str) -> dict[str, str]:
+    """This process's environment with ``home`` and ``settings``, Prefect's telemetry off.
+
+    Without ``inherit`` this process's PREFECT_ settings are left out, so a test's or a
+    stack's processes see only their own; with it only its API address is, so a user's own
+    server settings (a database URL, say) still apply to a server started for them.
+    """
+    inherited = ("PREFECT_API_URL", "PREFECT_UI_URL") if inherit else ("PREFECT_",)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     return env | {
         "PREFECT_HOME": str(home),
+        # Machines without internet would log a failed call home on every start.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
         **settings,
     }
 
@@ -52,26 +61,59 @@ def start_prefect_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `prefect server start` (state under ``home``) and wait until its API is healthy.
 
-    Returns the process and its API URL. ``port`` None takes a free one; ``services`` False
-    leaves out the scheduler and late-runs services; ``settings`` are extra PREFECT_ variables.
-    The UI is told its own API address: on any port but 4200 it would otherwise show "Can't
-    connect to Server API".
+    Returns the process and its API URL. ``port`` None takes a free one.
     """
     port = free_port() if port is None else port
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = prefect_env(home, **(settings or {}))
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    process = spawn_prefect_server(
+        home, port, ui=ui, services=services, log=log, settings=settings, cwd=cwd
+    )
+    return process, await_prefect_server(process, port, timeout, log)
+
+
+def spawn_prefect_server(
+    home: Path,
+    port: int,
+    *,
+    ui: bool = True,
+    services: bool = True,
+    log: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    inherit: bool = False,
+    tied: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start `prefect server start` on 127.0.0.1:``port`` without waiting for it.
+
+    ``services`` False leaves out the scheduler and late-runs services; ``settings`` are extra
+    PREFECT_ variables; ``inherit`` as in ``prefect_env``; ``tied`` makes the server end when
+    this process does, even by SIGKILL. The UI is told its own API address: on any port but
+    4200 it would otherwise show "Can't connect to Server API".
+    """
+    env = prefect_env(home, inherit, **(settings or {}))
+    # A server never calls the Messages API: the key stays out of its process and anything
+    # it might log.
+    env.pop("ANTHROPIC_API_KEY", None)
+    command = [sys.executable, "-m", "batchline.prefect_server"]
+    if tied:
+        command += ["--parent", str(os.getpid())]
+    command += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if ui:
-        env["PREFECT_UI_API_URL"] = api_url
+        env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     else:
         command.append("--no-ui")
     if not services:
         command += ["--no-scheduler", "--no-late-runs"]
     home.mkdir(parents=True, exist_ok=True)
-    process = spawn(command, env, log, cwd)
-    _await(process, lambda: _healthy(api_url), timeout, "the Prefect server", log)
-    return process, api_url
+    return spawn(command, env, log, cwd)
+
+
+def await_prefect_server(
+    process: subprocess.Popen[bytes], port: int, timeout: float, log: Path | None
+) -> str:
+    """Wait until the server ``process`` on ``port`` answers; returns its API URL."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    _await(process, lambda: healthy(api_url), timeout, "the Prefect server", log)
+    return api_url
 
 
 @contextlib.contextmanager
@@ -211,7 +253,8 @@ def _await(
         raise
 
 
-def _healthy(api_url: str) -> bool:
+def healthy(api_url: str) -> bool:
+    """The Prefect API at ``api_url`` answers its health check."""
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return bool(response.status == 200)

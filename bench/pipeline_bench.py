@@ -5,9 +5,9 @@
 For every size and fault setting, each side runs in its own process against its own fresh
 emulator process with the same settings, so wall time and peak RSS (VmHWM) are each side's alone.
 The pipeline side uses one running Prefect server (PREFECT_API_URL), as a production user would;
-the cost of Prefect's temporary server, which a plain `batchline run` starts when no server is
-configured, is measured on its own. Also prints the results parse throughput of the SDK's typed
-iteration against batchline's fast path. A row is lost when its document has no succeeded result.
+the fixed cost of a run with each kind of server is bench/startup_bench.py's. Also prints the
+results parse throughput of the SDK's typed iteration against batchline's fast path. A row is
+lost when its document has no succeeded result.
 """
 
 from __future__ import annotations
@@ -140,16 +140,6 @@ def run_parse(count: int) -> dict[str, Any]:
     return {"rows": count, "mb": nbytes / 1e6, "typed_s": typed_s, "fast_s": fast_s}
 
 
-def run_startup(corpus: Path, output: Path) -> dict[str, Any]:
-    """Wall time of a 10-document run, with whatever Prefect server the environment gives."""
-    started = time.perf_counter()
-    from flows.pipeline import batch_pipeline
-
-    imported = time.perf_counter() - started
-    batch_pipeline(source=str(corpus), output=str(output), poll_interval=0.2)
-    return {"import_s": imported, "seconds": time.perf_counter() - started}
-
-
 # --- the parent: processes, emulators, the report -----------------------------------------
 
 
@@ -211,24 +201,9 @@ def report(opts: argparse.Namespace) -> None:
         with prefect_server(root / "server-home") as api:
             served_env = base_env | {"PREFECT_API_URL": api}
             print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-            small = root / "small.jsonl"
-            write_corpus(small, 10)
             with emulator_process(*emulator_options(False, 0)) as (_, url):
                 env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
-                ephemeral = child(
-                    ["--side", "startup", "--corpus", str(small), "--workdir", str(root / "s1")],
-                    base_env | env,
-                )
-                served = child(
-                    ["--side", "startup", "--corpus", str(small), "--workdir", str(root / "s2")],
-                    served_env | env,
-                )
                 parse = child(["--side", "parse", "--rows", str(opts.parse_rows)], base_env | env)
-            print(
-                f"start-up, 10 documents: {ephemeral['seconds']:.1f} s with Prefect's temporary "
-                f"server, {served['seconds']:.1f} s with a running server "
-                f"(import of the flow module: {served['import_s']:.1f} s)"
-            )
             rows, mb, typed_s, fast_s = (parse[k] for k in ("rows", "mb", "typed_s", "fast_s"))
             print(
                 f"results parse, {rows:,} rows ({mb:.0f} MB): SDK typed"
@@ -267,9 +242,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=1.0, help="first poll interval, both sides")
     parser.add_argument("--processing-seconds", type=float, default=0.0)
     parser.add_argument("--parse-rows", type=int, default=100_000)
-    parser.add_argument(
-        "--side", choices=["seed", "pipeline", "parse", "startup"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--side", choices=["seed", "pipeline", "parse"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -284,8 +257,6 @@ def main() -> None:
             result = run_pipeline(opts.corpus, opts.workdir / f"out-{time.time_ns()}", opts.poll)
         case "parse":
             result = run_parse(opts.rows)
-        case "startup":
-            result = run_startup(opts.corpus, opts.workdir)
         case other:
             raise ValueError(other)
     print(json.dumps(result))

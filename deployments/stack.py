@@ -40,6 +40,8 @@ POOL = "batchline-process"
 STATE = REPO / ".batchline-stack"
 # The emulator never checks keys; this one only keeps the SDK from refusing to start.
 EMULATOR_KEY = "sk-ant-local-emulator-not-a-real-key"
+# A first start creates the database: minutes on a busy machine.
+SERVER_TIMEOUT = 600.0
 
 
 def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -49,9 +51,15 @@ def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
 
 def start_server(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start `prefect server start` with its UI on ``port``; returns the process and API URL."""
+    process = spawn_server(home, port, log)
+    return process, local.await_prefect_server(process, port, SERVER_TIMEOUT, log)
+
+
+def spawn_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The server of ``start_server``, not yet waited for."""
     database = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
     settings = {"PREFECT_API_DATABASE_CONNECTION_URL": database} if database else {}
-    return local.start_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
+    return local.spawn_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
 
 
 def create_pool(env: dict[str, str]) -> None:
@@ -88,15 +96,27 @@ def prefect(args: list[str], env: dict[str, str]) -> None:
 
 def up(args: argparse.Namespace) -> int:
     STATE.mkdir(exist_ok=True)
-    if (STATE / "pids.json").exists():
-        print("a stack is already up (python deployments/stack.py down first)", file=sys.stderr)
+    pids_file = STATE / "pids.json"
+    if running := _running(pids_file):
+        print(
+            f"a stack is already up ({', '.join(running)}): python deployments/stack.py down first",
+            file=sys.stderr,
+        )
         return 1
     home = STATE / "prefect"
     home.mkdir(exist_ok=True)
     pids: dict[str, int] = {}
+
+    def started(name: str, process: subprocess.Popen[bytes]) -> None:
+        # Recorded at once, so `down` stops it even if `up` fails or is killed right after.
+        pids[name] = process.pid
+        pids_file.write_text(json.dumps(pids))
+
     try:
-        server, api_url = start_server(home, args.port, STATE / "server.log")
-        pids["server"] = server.pid
+        log = STATE / "server.log"
+        server = spawn_server(home, args.port, log)
+        started("server", server)
+        api_url = local.await_prefect_server(server, args.port, SERVER_TIMEOUT, log)
         env = client_env(api_url, home)
         if args.emulator:
             emulator, base_url = start_emulator(
@@ -105,18 +125,34 @@ def up(args: argparse.Namespace) -> int:
                 args.processing_seconds,
                 args.emulator_port,
             )
-            pids["emulator"] = emulator.pid
+            started("emulator", emulator)
             env |= {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": EMULATOR_KEY}
         create_pool(env)
-        pids["worker"] = start_worker(env, STATE / "worker.log").pid
+        started("worker", start_worker(env, STATE / "worker.log"))
         deploy(env)
-    finally:
-        (STATE / "pids.json").write_text(json.dumps(pids))
+    except BaseException:
+        # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
+        local.stop_groups(list(pids.values()))
+        pids_file.unlink(missing_ok=True)
+        raise
     print(f"Prefect UI: http://127.0.0.1:{args.port}   (API {api_url})")
     if args.emulator:
         print(f"emulator: {base_url}   (state in {STATE / 'emulator.db'})")
     print(f"logs: {STATE}/*.log   stop with: python deployments/stack.py down")
+    print("for prefect commands in another shell (prefect deployment run ...), first:")
+    print(f"export PREFECT_API_URL={api_url}")
     return 0
+
+
+def _running(pids_file: Path) -> list[str]:
+    """Names of the recorded stack processes still alive; forgets a stack that is all gone."""
+    if not pids_file.exists():
+        return []
+    pids: dict[str, int] = json.loads(pids_file.read_text())
+    alive = [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    if not alive:
+        pids_file.unlink()
+    return alive
 
 
 def down(_: argparse.Namespace) -> int:

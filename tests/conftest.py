@@ -1,8 +1,18 @@
-"""Shared fixtures: one Prefect test server per session, emulators on real loopback sockets."""
+"""Shared fixtures: one Prefect test server per session, emulators on real loopback sockets.
+
+Every process the tests start inherits ``SESSION_TAG`` in its environment; the session fails if
+any of them is still running when it ends (an orphaned Prefect server, say), and ends them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +20,51 @@ import pytest
 from batchline.emulator import Emulator, EmulatorConfig
 
 TEST_API_KEY = "sk-ant-test-0123456789-not-a-real-key"
+# Not BATCHLINE_ or PREFECT_: tests/support.py:cli_env and batchline.local drop those.
+SESSION_TAG = "PYTEST_BATCHLINE_SESSION"
+# Time for processes that are already stopping (a server whose CLI was killed) to exit.
+ORPHAN_GRACE_SECONDS = 30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[SESSION_TAG] = f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a process it started outlives it; end those processes."""
+    deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
+    while (survivors := tagged_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not survivors:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "processes started by the tests outlived them (now killed)")
+    for pid, command in survivors.items():
+        if reporter is not None:
+            reporter.write_line(f"{pid}: {command}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def tagged_processes() -> dict[int, str]:
+    """Live processes (not this one) carrying this session's tag: pid → command line."""
+    needle = f"{SESSION_TAG}={os.environ[SESSION_TAG]}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+        if command:
+            found[int(proc.name)] = command.strip()
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from batchline.emulator import Emulator
-from flows.distributed import distributed_pipeline
+from flows.dask_pipeline import distributed_pipeline
 from flows.pipeline import batch_pipeline
 from tests.conftest import TEST_API_KEY
 from tests.support import write_documents

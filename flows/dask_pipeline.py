@@ -4,6 +4,10 @@ Point ``BATCHLINE_DASK_ADDRESS`` at a running scheduler (``dask scheduler`` plus
 processes on several machines) or leave it unset for a local multi-process cluster. Every worker
 needs the project installed, the same environment (API key, AWS credentials, PREFECT_API_URL) and
 an output root they all reach, such as an s3:// prefix: task results are stored under it.
+
+Not named ``distributed.py``: a deployed run loads ``flows/pipeline.py`` by path, which puts
+``flows/`` on ``sys.path``, and a module of that name there shadowed Dask's ``distributed``, so
+Prefect failed to load its prefect_dask collection ("circular import") in every flow run.
 """
 
 from __future__ import annotations
