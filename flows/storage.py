@@ -24,3 +24,14 @@ def result_storage_for(layout: OutputLayout) -> str:
         return f"remote-file-system/{name}"
     LocalFileSystem(basepath=basepath).save(name, overwrite=True)
     return f"local-file-system/{name}"
+
+
+def forget_result(layout: OutputLayout, key: str) -> None:
+    """Remove the task result recorded under ``key``: a lookup of that key then runs the task.
+
+    Prefect keeps one record file per key under the storage's basepath and reads it on every
+    lookup, so removing the file is all it takes.
+    """
+    path = layout.path("prefect", key)
+    if layout.fs.exists(path):
+        layout.fs.rm(path)

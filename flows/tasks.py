@@ -1,9 +1,10 @@
 """The pipeline's steps as Prefect tasks: a few lines each over the plain functions of batchline.
 
 Prefect's cache is a shortcut that must agree with the files under the output root, which are the
-source of truth. So a step that writes files (load, build, write) offers a cache key only while the
-stamp it left says those files still answer its current inputs (content hashes, never sizes or
-times); otherwise the key is None, the step runs, and it rewrites what is stale. Prefect's default
+source of truth. So a step that writes files (load, build, write) keys its record by the content of
+its inputs (content hashes, never sizes or times), and the record is trusted only while the stamp
+the step left says its files still answer those inputs; otherwise the record is removed, the step
+runs, and it rewrites what is stale. Prefect's default
 policy would also hash the task's source code (a redeploy during a 24-hour wait would then submit
 again), and INPUTS alone would collide across tasks.
 """
@@ -41,18 +42,26 @@ from flows.progress import (
     update_progress,
 )
 from flows.retries import OUTAGE_RETRIES, OUTAGE_RETRY_DELAYS, after_an_outage
+from flows.storage import forget_result
 
 
 def _key(*parts: object) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 
-def _stamped_key(step: str, output: str, area: Area, inputs: str) -> str | None:
-    """The step's key while its files under ``output`` answer ``inputs``; else None: run it."""
+def _stamped_key(step: str, output: str, area: Area, inputs: str) -> str:
+    """The step's key, from its inputs; a record under it is trusted only while its stamp holds.
+
+    The key must not depend on whether the step has run (a replay after a suspend looks up the key
+    the first execution recorded), so when the files under ``output`` no longer answer ``inputs``
+    (deleted, or rewritten by a run with other inputs) the record under the key is removed: the
+    step runs and records its result under the same key.
+    """
     layout = OutputLayout(output)
+    key = _key(step, layout.root, inputs)
     if stamped_summary(layout, area, inputs) is None:
-        return None
-    return _key(step, layout.root, inputs)
+        forget_result(layout, key)
+    return key
 
 
 def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
@@ -63,7 +72,7 @@ def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
     return _stamped_key("load", p["output"], "documents", inputs)
 
 
-def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str:
     inputs = manifest_fingerprint(p["loaded"].fingerprint, p["job"], p["models"])
     return _stamped_key("build", p["output"], "manifest", inputs)
 
@@ -84,13 +93,15 @@ def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
     )
 
 
-def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
-    if not OutputLayout(p["output"]).exists("collected", f"{p['batch_id']}.parquet"):
-        return None
-    return _key("collect", p["output"], p["batch_id"])
+def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    layout = OutputLayout(p["output"])
+    key = _key("collect", layout.root, p["batch_id"])
+    if not layout.exists("collected", f"{p['batch_id']}.parquet"):
+        forget_result(layout, key)
+    return key
 
 
-def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
+def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
     inputs = results_inputs(OutputLayout(p["output"]))
     return _stamped_key("write", p["output"], "results", inputs)
 

@@ -5,6 +5,7 @@ says: every case runs the CLI and checks the exact rows and the batches the emul
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +63,19 @@ def test_template_and_model_changes_always_answer_the_current_request(
     assert row.cost_usd == pytest.approx(cost_usd("claude-haiku-4-5", usage))
 
 
-@pytest.mark.parametrize("area", ["results", "documents", "manifest"])
+def _cached_steps(printed: str) -> set[str]:
+    """The steps whose task run came back Cached, from the run's log lines."""
+    return set(re.findall(r"Task run '([a-z-]+?)-\w+' - Finished in state Cached", printed))
+
+
+STEP_OF_AREA = {
+    "documents": "load-documents",
+    "manifest": "build-requests",
+    "results": "write-parquet",
+}
+
+
+@pytest.mark.parametrize("area", list(STEP_OF_AREA))
 def test_deleted_state_is_rebuilt_without_paying_again(
     area: str, tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
 ) -> None:
@@ -73,10 +86,16 @@ def test_deleted_state_is_rebuilt_without_paying_again(
     _answers(first, "", docs)
 
     shutil.rmtree(out / area)
-    again, _ = _run(tmp_path / "docs", out, env)
+    again, printed = _run(tmp_path / "docs", out, env)
 
     pd.testing.assert_frame_equal(again, first)
     assert emulator.stats()["batches_created"] == 1
+    # Only the step whose files went missing ran again; Prefect's cache served the others.
+    assert STEP_OF_AREA[area] not in _cached_steps(printed)
+    assert {"load-documents", "build-requests"} - {STEP_OF_AREA[area]} <= _cached_steps(printed)
+    # And it recorded its result under the same key: the next run finds every step Cached.
+    _, printed = _run(tmp_path / "docs", out, env)
+    assert set(STEP_OF_AREA.values()) <= _cached_steps(printed)
 
 
 def test_same_size_edit_with_the_mtime_kept_is_resubmitted(
