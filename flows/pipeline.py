@@ -17,8 +17,8 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from batchline.build import BuildSummary, check_submittable
+from batchline.collect import CollectedBatch
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
-from batchline.ledger import Ledger
 from batchline.load import check_source_and_output
 from batchline.lock import output_lock
 from batchline.models import check_run_model
@@ -26,7 +26,7 @@ from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
 from batchline.write import RunSummary
-from flows.progress import outstanding_batch_ids
+from flows.progress import batches_to_wait_for, outstanding_batch_ids
 from flows.storage import result_storage_for
 from flows.suspend import approve_spend, is_deployed, suspend_until_ended
 from flows.tasks import (
@@ -130,17 +130,29 @@ def batch_pipeline(
             return built
         approve_spend(built, job)
         run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
-        still_running = run.until_done("new")
-        if still_running is None and count_pending(layout, job, "retry"):
-            still_running = on_this_task_runner(retry_failed)(run)
-        if still_running is not None and still_running.expires_at is not None:
-            suspend_until_ended(still_running.batch_ids, still_running.expires_at)  # exits here
-        batch_ids = [e.batch_id for e in Ledger(layout).entries() if e.batch_id]
+        done = run.until_done("new")
+        if done.still_running is None and count_pending(layout, job, "retry"):
+            done = done.then(on_this_task_runner(retry_failed)(run))
+        running = done.still_running
+        if running is not None and running.expires_at is not None:
+            suspend_until_ended(running.batch_ids, running.expires_at)  # exits here
         summary = write_parquet.with_options(result_storage=storage)(
-            layout.root, built, batch_ids, job.output_schema
+            layout.root, done.collected, job.output_schema
         )
         publish_summary(summary)
         return summary
+
+
+@dataclass(frozen=True)
+class Done:
+    """What rounds left behind: the batches they collected, and those still processing."""
+
+    collected: list[CollectedBatch]
+    still_running: Waited | None = None
+
+    def then(self, later: Done) -> Done:
+        """This, followed by ``later`` rounds: all they collected, what ``later`` left running."""
+        return Done([*self.collected, *later.collected], later.still_running)
 
 
 @dataclass(frozen=True)
@@ -154,34 +166,38 @@ class Rounds:
     credentials: str | None
     give_up_after: float | None
 
-    def until_done(self, kind: Submission) -> Waited | None:
-        """Run rounds; return what is still processing when waiting gave up (deployed runs)."""
+    def until_done(self, kind: Submission) -> Done:
+        """Run rounds; stop early when waiting gave up (deployed runs), saying what still runs."""
         layout = OutputLayout(self.output)
+        collected: list[CollectedBatch] = []
         for number in count(1):
             # Batches a killed run left in flight are waited for and collected like new ones.
             if not count_pending(layout, self.job, kind) and not outstanding_batch_ids(layout):
-                return None
-            submit.with_options(result_storage=self.storage)(
+                return Done(collected)
+            submitted = submit.with_options(result_storage=self.storage)(
                 self.output, self.job, self.built, kind, number, self.credentials
             )
-            waited = wait(self.output, self.job, self.credentials, self.give_up_after)
+            batch_ids = batches_to_wait_for(layout, submitted)
+            waited = wait(batch_ids, self.job, self.credentials, self.give_up_after)
             if not waited.ended:
-                return waited
-            collect.with_options(result_storage=self.storage).map(
+                return Done(collected, still_running=waited)
+            collecting = collect.with_options(result_storage=self.storage).map(
                 unmapped(self.output),
                 waited.batch_ids,
                 unmapped(self.credentials),
                 unmapped(self.job.output_schema),
-            ).result()
+            )
+            collected += collecting.result()
         raise AssertionError("unreachable: count() never ends")
 
 
 @flow(name="retry-failed")
-def retry_failed(run: Rounds) -> Waited | None:
+def retry_failed(run: Rounds) -> Done:
     """Resubmit errored-retryable and expired requests with their original params.
 
-    Returns the batches still processing when a deployed run should suspend (a subflow cannot
-    suspend itself, so its parent does, and the replay after resume comes back here).
+    Returns what it collected, and the batches still processing when a deployed run should
+    suspend (a subflow cannot suspend itself, so its parent does, and the replay after resume
+    comes back here).
     """
     return run.until_done("retry")
 

@@ -34,6 +34,18 @@ def outstanding_batch_ids(layout: OutputLayout) -> list[str]:
     ]
 
 
+def batches_to_wait_for(layout: OutputLayout, submitted: list[str]) -> list[str]:
+    """The ledger's uncollected batches, those ``submitted`` by this round first.
+
+    ``submitted`` is submit's result; its own id objects are kept so Prefect links the wait and
+    collect runs that take them to the submit run. The rest are batches an earlier (killed) run
+    left in flight, which the ledger, not this run, knows about.
+    """
+    outstanding = outstanding_batch_ids(layout)
+    ours = [b for b in submitted if b in outstanding]
+    return ours + [b for b in outstanding if b not in ours]
+
+
 def processed_percent(batches: dict[str, MessageBatch]) -> float:
     """Share of the batches' requests that are no longer processing, in percent."""
     counts = [b.request_counts for b in batches.values()]

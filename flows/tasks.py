@@ -38,7 +38,6 @@ from flows.progress import (
     describe,
     latest_expiry,
     new_progress_artifact,
-    outstanding_batch_ids,
     update_progress,
 )
 from flows.retries import OUTAGE_RETRIES, OUTAGE_RETRY_DELAYS, after_an_outage
@@ -187,11 +186,13 @@ class Waited(BaseModel):
     retry_condition_fn=after_an_outage,
 )
 def wait(
-    output: str, job: JobConfig, credentials: str | None, give_up_after: float | None = None
+    batch_ids: list[str],
+    job: JobConfig,
+    credentials: str | None,
+    give_up_after: float | None = None,
 ) -> Waited:
-    """Wait for every batch the ledger has not collected yet, at most ``give_up_after`` seconds."""
-    outstanding = outstanding_batch_ids(OutputLayout(output))
-    if not outstanding:
+    """Wait for ``batch_ids`` to end, at most ``give_up_after`` seconds."""
+    if not batch_ids:
         return Waited(batch_ids=[], ended=True)
     logger = get_run_logger()
     artifact = new_progress_artifact()
@@ -203,15 +204,13 @@ def wait(
 
     batches = wait_for_batches(
         client_for(credentials),
-        outstanding,
+        batch_ids,
         job.poll_interval,
         job.max_poll_interval,
         report,
         give_up_after=give_up_after,
     )
-    return Waited(
-        batch_ids=outstanding, ended=all_ended(batches), expires_at=latest_expiry(batches)
-    )
+    return Waited(batch_ids=batch_ids, ended=all_ended(batches), expires_at=latest_expiry(batches))
 
 
 @task(
@@ -241,14 +240,17 @@ def collect(
 
 @task(name="write-parquet", cache_key_fn=_write_key, persist_result=True)
 def write_parquet(
-    output: str,
-    built: BuildSummary,
-    batch_ids: list[str],
-    output_schema: dict[str, Any] | None = None,
+    output: str, collected: list[CollectedBatch], output_schema: dict[str, Any] | None = None
 ) -> RunSummary:
+    """The results table from the ledger, which also holds batches earlier runs collected."""
     summary = write_results(OutputLayout(output), output_schema)
     get_run_logger().info(
-        "wrote %d rows to %s: %s", summary.rows, summary.output, summary.by_status
+        "wrote %d rows from %d batches (%d collected by this run) to %s: %s",
+        summary.rows,
+        summary.batches,
+        len(collected),
+        summary.output,
+        summary.by_status,
     )
     return summary
 
