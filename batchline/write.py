@@ -47,6 +47,8 @@ class RunSummary(BaseModel):
     standard_cost_usd: float | None
     batches: int
     unpriced_models: list[str]
+    # Summaries stamped before this field existed are still read back, hence the default.
+    error_types: dict[str, int] = {}
 
 
 def results_inputs(layout: OutputLayout) -> str:
@@ -124,6 +126,7 @@ class _Tally:
 
     def __init__(self) -> None:
         self.by_status: Counter[str] = Counter()
+        self.error_types: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
         self.cost = 0.0
         self.unpriced: set[str] = set()
@@ -131,6 +134,9 @@ class _Tally:
     def add(self, rows: pa.Table) -> None:
         for item in pc.value_counts(rows.column("status")).to_pylist():
             self.by_status[item["values"]] += item["counts"]
+        errored = rows.filter(pc.equal(rows.column("status"), "errored"))
+        for item in pc.value_counts(errored.column("error_type")).to_pylist():
+            self.error_types[item["values"] or "unknown"] += item["counts"]
         for column in _TOKEN_COLUMNS:
             self.tokens[column] += pc.sum(rows.column(column)).as_py() or 0
         self.cost += pc.sum(rows.column("cost_usd")).as_py() or 0.0
@@ -148,6 +154,7 @@ class _Tally:
             standard_cost_usd=None if cost is None else cost / discount,
             batches=batches,
             unpriced_models=sorted(self.unpriced),
+            error_types=dict(self.error_types),
         )
 
 

@@ -12,7 +12,7 @@ from itertools import count
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Flow, flow, get_run_logger, unmapped
-from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
@@ -22,6 +22,7 @@ from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, S
 from batchline.load import check_source_and_output
 from batchline.lock import output_lock
 from batchline.models import check_run_model
+from batchline.report import artifact_key, results_link, summary_markdown
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import count_pending
@@ -139,7 +140,7 @@ def batch_pipeline(
         summary = write_parquet.with_options(result_storage=storage)(
             layout.root, done.collected, job.output_schema
         )
-        publish_summary(summary)
+        publish_summary(layout.root, summary, job.max_attempts)
         return summary
 
 
@@ -213,12 +214,17 @@ def on_this_task_runner(subflow: Flow[P, R]) -> Flow[P, R]:
     return subflow.with_options(task_runner=context.task_runner.duplicate())
 
 
-def publish_summary(summary: RunSummary) -> None:
-    """The run's summary table and output location as Prefect artifacts."""
-    rows = [{"status": status, "rows": n} for status, n in sorted(summary.by_status.items())]
-    rows += [{"status": f"tokens: {k}", "rows": v} for k, v in sorted(summary.tokens.items())]
-    rows.append({"status": "cost at batch prices (USD)", "rows": summary.cost_usd})
-    rows.append({"status": "cost at standard prices (USD)", "rows": summary.standard_cost_usd})
-    rows.append({"status": "batches", "rows": summary.batches})
-    create_table_artifact(rows, key="batchline-summary", description="Rows, tokens and cost")
-    create_link_artifact(summary.output, link_text="results (Parquet)", key="batchline-output")
+def publish_summary(output_root: str, summary: RunSummary, max_attempts: int) -> None:
+    """The run's summary and a link to its results, under keys of this output alone."""
+    create_markdown_artifact(
+        summary_markdown(summary, max_attempts),
+        key=artifact_key("batchline-summary", output_root),
+        description=f"Rows, tokens and cost of {output_root}",
+    )
+    url, text = results_link(summary.output)
+    create_link_artifact(
+        url,
+        link_text=text,
+        key=artifact_key("batchline-output", output_root),
+        description=f"Results of {output_root}",
+    )

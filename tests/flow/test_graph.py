@@ -1,4 +1,4 @@
-"""The run graph carries the data: each step takes what the step before it returned."""
+"""What a finished run shows through the API: its data flow, and a summary of its own output."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ from uuid import UUID
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.client.schemas.objects import TaskRun, TaskRunResult
 
 from batchline.emulator import Emulator
+from batchline.report import artifact_key
 from flows.pipeline import batch_pipeline
 from tests.support import write_documents
 
@@ -24,7 +30,7 @@ def _upstream(run: TaskRun) -> set[UUID]:
     }
 
 
-def test_wait_collect_and_write_take_their_inputs_from_the_steps_before(
+def test_steps_take_what_the_step_before_returned_and_the_summary_is_the_outputs_own(
     tmp_path: Path, emulator_factory: Callable[..., Emulator], api_env: Callable[[Emulator], None]
 ) -> None:
     api_env(emulator_factory())
@@ -39,11 +45,13 @@ def test_wait_collect_and_write_take_their_inputs_from_the_steps_before(
     )
 
     assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-            )
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     (submit,) = [r for r in runs if r.name == "submit-new-1"]
     (wait,) = [r for r in runs if r.name.startswith("wait-")]
@@ -53,3 +61,8 @@ def test_wait_collect_and_write_take_their_inputs_from_the_steps_before(
     assert collects and all(submit.id in _upstream(c) for c in collects), collects[0].task_inputs
     assert all(wait.id in _upstream(c) for c in collects), collects[0].task_inputs
     assert {c.id for c in collects} <= _upstream(write), write.task_inputs
+    by_key = {a.key: a for a in artifacts}
+    summary = by_key[artifact_key("batchline-summary", str(tmp_path / "out"))]
+    assert summary.type == "markdown" and "| succeeded | 5 |" in str(summary.data)
+    link = by_key[artifact_key("batchline-output", str(tmp_path / "out"))]
+    assert (tmp_path / "out" / "results").as_uri() in str(link.data)

@@ -40,6 +40,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from batchline.ledger import Ledger
+from batchline.report import artifact_key
 from batchline.storage import OutputLayout
 from blocks.credentials import AnthropicCredentials
 from deployments import stack
@@ -169,7 +170,12 @@ def test_a_deployed_run_suspends_and_the_sentinel_resumes_it_when_its_batch_ends
         assert sorted(states[step]) == ["Cached", "Completed"], (step, states)
     assert sorted(states["wait"]) == ["Completed", "Completed"]
     assert states["collect"] == ["Completed"]
-    assert {a.key for a in _artifacts_of(run)} >= {"batchline-summary", "batchline-output"}
+    root = OutputLayout(str(output)).root
+    keys = {a.key: a for a in _artifacts_of(run)}
+    summary = keys[artifact_key("batchline-summary", root)]
+    assert "| succeeded | 12 |" in str(summary.data), summary.data
+    link = keys[artifact_key("batchline-output", root)]
+    assert (output / "results").as_uri() in str(link.data), link.data
 
 
 def test_an_over_budget_run_waits_for_approval_in_the_ui(deployed: Stack, tmp_path: Path) -> None:
@@ -247,8 +253,15 @@ def test_backfill_runs_each_day_once_and_skips_a_finished_one(
     after = deployed.fast.stats()
     assert after["batches_created"] == before["batches_created"] + 1
     assert set(after["requests_per_custom_id"].values()) == {1}
+    summaries = set()
     for folder in ("date=2024-03-01", "date=2024-03-02"):
         assert len(pd.read_parquet(output / folder / "results")) == 3
+        # Each day keeps its own summary, rather than one key moved by every day.
+        key = artifact_key("batchline-summary", str(output / folder))
+        [summary] = _artifacts(key)
+        summaries.add(key)
+        assert "| succeeded | 3 |" in str(summary.data), summary.data
+    assert len(summaries) == 2
 
 
 def test_the_ui_shows_a_finished_run(deployed: Stack, tmp_path: Path) -> None:
