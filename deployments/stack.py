@@ -37,6 +37,9 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "batchline-process"
+# Flow runs in Pending or Running at once (a suspended run holds no slot), sized for two cores:
+# a pipeline run, the sentinel, and a backfill's parent (a light poller) with one of its days.
+POOL_LIMIT = 4
 STATE = REPO / ".batchline-stack"
 # The emulator never checks keys; this one only keeps the SDK from refusing to start.
 EMULATOR_KEY = "sk-ant-local-emulator-not-a-real-key"
@@ -62,8 +65,14 @@ def spawn_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return local.spawn_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
 
 
-def create_pool(env: dict[str, str]) -> None:
+def create_pool(env: dict[str, str], limit: int = POOL_LIMIT) -> None:
+    """The process pool, starting at most ``limit`` flow runs at once.
+
+    Set here rather than in prefect.yaml: its ``work_pool`` only names the pool a deployment uses
+    (Prefect 3.9 ignores other keys there), and ``work-pool create`` takes no limit.
+    """
     prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
+    prefect(["work-pool", "set-concurrency-limit", POOL, str(limit)], env)
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -127,7 +136,7 @@ def up(args: argparse.Namespace) -> int:
             )
             started("emulator", emulator)
             env |= {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": EMULATOR_KEY}
-        create_pool(env)
+        create_pool(env, args.pool_limit)
         started("worker", start_worker(env, STATE / "worker.log"))
         deploy(env)
     except BaseException:
@@ -176,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--emulator-port", type=int, default=8765)
     start.add_argument(
         "--processing-seconds", type=float, default=60.0, help="how long emulated batches take"
+    )
+    start.add_argument(
+        "--pool-limit",
+        type=int,
+        default=POOL_LIMIT,
+        help="flow runs the work pool starts at once (docs/deployments.md: how to size it)",
     )
     start.add_argument(
         "--no-emulator",

@@ -178,6 +178,12 @@ def test_a_deployed_run_suspends_and_the_sentinel_resumes_it_when_its_batch_ends
     assert (output / "results").as_uri() in str(link.data), link.data
 
 
+def test_the_work_pool_starts_a_bounded_number_of_runs(deployed: Stack) -> None:
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool(stack.POOL)
+    assert pool.concurrency_limit == stack.POOL_LIMIT
+
+
 def test_an_over_budget_run_waits_for_approval_in_the_ui(deployed: Stack, tmp_path: Path) -> None:
     before = deployed.fast.stats()["create_calls"]
     runs = {}
