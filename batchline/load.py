@@ -41,6 +41,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 # How many of the files the loader does not read its warning names.
 NAMED_UNREAD = 5
+# Bytes of text documents fetched at once: many requests in flight, in bounded memory.
+READ_AHEAD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,17 @@ class Document:
 
 @dataclass(frozen=True)
 class SourceEntry:
-    """A file of the source with a readable suffix; ``problem`` says why it cannot be read."""
+    """A file of the source with a readable suffix; ``problem`` says why it cannot be read.
+
+    ``size`` and ``stored_hash`` (an object store's ETag, md5 or crc, with the size) are the
+    listing's, when it has them: one listing answers for a whole prefix, not one request per object.
+    """
 
     path: str
     rel: str
     problem: str | None = None
+    size: int | None = None
+    stored_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def scan_source(source: str) -> SourceListing:
             raise ConfigError(
                 f"source {source!r} is not a folder nor a {'/'.join(TABLE_SUFFIXES)} file"
             )
-        return SourceListing([SourceEntry(root, root.rsplit("/", 1)[-1])], [])
+        return SourceListing([_entry(root, root.rsplit("/", 1)[-1], fs.info(root))], [])
     root = root.rstrip("/")
     entries: list[SourceEntry] = []
     unread: list[str] = []
@@ -93,10 +101,26 @@ def scan_source(source: str) -> SourceListing:
         if hidden or not _has_suffix(path, TEXT_SUFFIXES + TABLE_SUFFIXES):
             unread.append(rel)
         else:
-            # A local listing does not follow symlinks: a link, a FIFO or a device is "other".
-            problem = None if info.get("type") == "file" else _unreadable(fs, path)
-            entries.append(SourceEntry(path, rel, problem))
+            entries.append(
+                _entry(path, rel, info)
+                if info.get("type") == "file"
+                # A local listing does not follow symlinks: a link, a FIFO or a device
+                # is "other", and what it points at is looked at on its own.
+                else SourceEntry(path, rel, _unreadable(fs, path))
+            )
     return SourceListing(entries, unread)
+
+
+def _entry(path: str, rel: str, info: dict[str, Any]) -> SourceEntry:
+    """The entry of a regular file, with what its listing says of its size and content."""
+    stored = next((str(info[k]) for k in _STORE_HASHES if info.get(k)), None)
+    size = info.get("size")
+    return SourceEntry(
+        path,
+        rel,
+        size=size if isinstance(size, int) else None,
+        stored_hash=f"{size}:{stored}" if stored else None,
+    )
 
 
 def check_source_and_output(source: str, output: str) -> None:
@@ -158,7 +182,7 @@ def source_fingerprint(source: str, options: SourceOptions) -> str:
     for entry in scan_source(source).entries:
         # An entry that cannot be read is an invalid row of the load step, not a failed run:
         # its reason stands in for its content.
-        content = entry.problem
+        content = entry.problem or entry.stored_hash
         if content is None:
             try:
                 content = _content_hash(fs, entry.path)
@@ -175,15 +199,14 @@ _STORE_HASHES = ("ETag", "md5Hash", "crc32c", "content_md5")
 
 
 def _content_hash(fs: Any, path: str) -> str:
+    """A hash of a file's bytes, for files whose listing gives none (local ones, some stores)."""
     if isinstance(fs, LocalFileSystem):
         stat = os.stat(path)
         key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
         if key not in _local_hashes:
             _local_hashes[key] = _hash_bytes(fs, path)
         return _local_hashes[key]
-    info = fs.info(path)
-    stored = next((str(info[k]) for k in _STORE_HASHES if info.get(k)), None)
-    return f"{info.get('size')}:{stored}" if stored else _hash_bytes(fs, path)
+    return _hash_bytes(fs, path)
 
 
 def _hash_bytes(fs: Any, path: str) -> str:
@@ -223,22 +246,62 @@ def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
             ", ".join(listing.unread[:NAMED_UNREAD]),
             ", ..." if len(listing.unread) > NAMED_UNREAD else "",
         )
-    for entry in listing.entries:
-        is_text = _has_suffix(entry.path, TEXT_SUFFIXES)
-        # An unreadable text file is its document; an unreadable table, a row named by the file.
-        doc_id = entry.rel.rsplit(".", 1)[0] if is_text else entry.rel
-        if entry.problem is not None:
-            yield Document(doc_id, None, invalid_reason=entry.problem)
-            continue
-        try:
-            if is_text:
-                with fs.open(entry.path, "rb") as handle:
-                    raw = handle.read(options.max_document_bytes + 1)
-                yield _text_document(doc_id, raw, options)
-            else:
-                yield from _iter_table_rows(fs, entry.path, entry.rel, options)
-        except OSError as exc:
-            yield Document(doc_id, None, invalid_reason=_read_error(exc))
+    for group in _read_groups(listing.entries, options):
+        texts = [e for e in group if e.problem is None and _has_suffix(e.path, TEXT_SUFFIXES)]
+        heads = dict(
+            zip(texts, _read_heads(fs, texts, options.max_document_bytes + 1), strict=True)
+        )
+        for entry in group:
+            yield from _entry_documents(fs, entry, heads.get(entry), options)
+
+
+def _read_groups(entries: list[SourceEntry], options: SourceOptions) -> Iterator[list[SourceEntry]]:
+    """Entries in order, cut where their text documents would hold a shard or READ_AHEAD_BYTES."""
+    limit = options.max_document_bytes + 1
+    group: list[SourceEntry] = []
+    held = 0
+    for entry in entries:
+        group.append(entry)
+        if _has_suffix(entry.path, TEXT_SUFFIXES):
+            held += limit if entry.size is None else min(entry.size, limit)
+        if len(group) >= options.shard_size or held >= READ_AHEAD_BYTES:
+            yield group
+            group, held = [], 0
+    if group:
+        yield group
+
+
+def _read_heads(fs: Any, entries: list[SourceEntry], limit: int) -> list[bytes | Exception]:
+    """The first ``limit`` bytes of each file, or why it could not be read, in one call.
+
+    An object store's filesystem runs the ranged GETs concurrently (s3fs: up to its batch size
+    in flight), where reading one file after another waits a round trip for each.
+    """
+    # An empty object gets no request: S3 refuses any range of it (416), and it holds nothing.
+    wanted = [e.path for e in entries if e.size != 0]
+    fetched = iter(fs.cat_ranges(wanted, 0, limit, on_error="return") if wanted else [])
+    return [b"" if e.size == 0 else next(fetched) for e in entries]
+
+
+def _entry_documents(
+    fs: Any, entry: SourceEntry, head: bytes | Exception | None, options: SourceOptions
+) -> Iterator[Document]:
+    """The documents of one entry; ``head`` is a text file's fetched start (or its error)."""
+    is_text = _has_suffix(entry.path, TEXT_SUFFIXES)
+    # An unreadable text file is its document; an unreadable table, a row named by the file.
+    doc_id = entry.rel.rsplit(".", 1)[0] if is_text else entry.rel
+    if entry.problem is not None:
+        yield Document(doc_id, None, invalid_reason=entry.problem)
+        return
+    try:
+        if isinstance(head, Exception):
+            raise head
+        if head is not None:
+            yield _text_document(doc_id, head, options)
+        else:
+            yield from _iter_table_rows(fs, entry.path, entry.rel, options)
+    except OSError as exc:
+        yield Document(doc_id, None, invalid_reason=_read_error(exc))
 
 
 def _text_document(doc_id: str, raw: bytes, options: SourceOptions) -> Document:

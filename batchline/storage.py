@@ -32,10 +32,17 @@ STAMP = ".stamp.json"
 def filesystem_options(url: str) -> dict[str, Any]:
     """fsspec options for a URL; S3 credentials and endpoint come from the environment only."""
     if url.startswith("s3://"):
+        # s3fs caches folder listings for the life of its instance, and fsspec shares one
+        # instance per process: a Dask worker or a resumed run would never see the ledger
+        # entries, collected files or source documents another process wrote since it first
+        # listed a folder. Every ls/exists/find asks the store instead.
+        options: dict[str, Any] = {"use_listings_cache": False}
         # botocore reads AWS_ENDPOINT_URL itself in recent versions; passing it explicitly keeps
         # older s3fs/botocore pairs pointed at the same endpoint (moto, MinIO, a VPC endpoint).
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return options
     return {}
 
 
