@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, TypeVar
 
 from batchline.emulator import seeding
 from batchline.emulator.config import HTTP_FAULT_TYPES, EmulatorConfig, OutputFault
 from batchline.emulator.errors import ApiError
+
+K = TypeVar("K", bound=str | int)  # an error type, a fault kind, an HTTP status
 
 _REQUEST_ERROR_MESSAGES: Final = {
     "invalid_request_error": "Invalid request (emulated fault).",
@@ -34,25 +37,19 @@ def request_fault(config: EmulatorConfig, batch_id: str, custom_id: str) -> str 
     a fresh draw while a replay of the same scenario gets the same one.
     """
     draw = seeding.unit(config.seed, "request-fault", batch_id, custom_id)
-    threshold = 0.0
-    for error_type, rate in sorted(config.error_rates.items()):
-        threshold += rate
-        if draw < threshold:
-            return error_type
-    if draw < threshold + config.expire_rate:
+    # Expiry's slice comes after every error type's, as the rates are documented.
+    rates: dict[str, float] = {**config.error_rates}
+    error_type = _pick(draw, rates)
+    if error_type is None and draw < sum(r for _, r in sorted(rates.items())) + config.expire_rate:
         return "expired"
-    return None
+    return error_type
 
 
 def output_fault(config: EmulatorConfig, batch_id: str, custom_id: str) -> OutputFault | None:
     """How a structured-output reply is spoiled, if it is; drawn like ``request_fault``."""
-    draw = seeding.unit(config.seed, "output-fault", batch_id, custom_id)
-    threshold = 0.0
-    for fault, rate in sorted(config.output_fault_rates.items()):
-        threshold += rate
-        if draw < threshold:
-            return fault
-    return None
+    return _pick(
+        seeding.unit(config.seed, "output-fault", batch_id, custom_id), config.output_fault_rates
+    )
 
 
 def request_error_message(error_type: str) -> str:
@@ -62,20 +59,23 @@ def request_error_message(error_type: str) -> str:
 
 def http_fault(config: EmulatorConfig, call_number: int) -> ApiError | None:
     """The error that answers the `call_number`-th /v1 call, or None."""
-    draw = seeding.unit(config.seed, "http-fault", call_number)
-    threshold = 0.0
-    for status, rate in sorted(config.http_error_rates.items()):
-        threshold += rate
-        if draw < threshold:
-            headers = {}
-            if status == 429:
-                headers["retry-after"] = f"{config.retry_after_seconds:g}"
-            return ApiError(
-                status, HTTP_FAULT_TYPES[status], _HTTP_MESSAGES[status], headers=headers
-            )
-    return None
+    status = _pick(seeding.unit(config.seed, "http-fault", call_number), config.http_error_rates)
+    if status is None:
+        return None
+    headers = {"retry-after": f"{config.retry_after_seconds:g}"} if status == 429 else {}
+    return ApiError(status, HTTP_FAULT_TYPES[status], _HTTP_MESSAGES[status], headers=headers)
 
 
 def outage() -> ApiError:
     """The answer to every /v1 call while the emulated API is down."""
     return ApiError(500, HTTP_FAULT_TYPES[500], _HTTP_MESSAGES[500])
+
+
+def _pick(draw: float, rates: Mapping[K, float]) -> K | None:
+    """The key whose slice of [0, 1) holds ``draw``, the slices laid end to end in key order."""
+    threshold = 0.0
+    for key, rate in sorted(rates.items()):
+        threshold += rate
+        if draw < threshold:
+            return key
+    return None
