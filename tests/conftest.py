@@ -62,9 +62,22 @@ def tagged_processes() -> dict[int, str]:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or a zombie
             continue
-        if command:
+        if command and not _ends_with_this_process(proc, command):
             found[int(proc.name)] = command.strip()
     return found
+
+
+def _ends_with_this_process(proc: Path, command: str) -> bool:
+    """Whether ``proc`` is this process's own multiprocessing resource tracker.
+
+    The Dask test's local cluster makes this process start one; it exits when this process
+    closes its pipe, so it cannot outlive the session, though it is still alive at its end.
+    """
+    try:
+        parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return False
+    return parent == os.getpid() and "multiprocessing.resource_tracker" in command
 
 
 @pytest.fixture(scope="session")
