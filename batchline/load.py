@@ -78,11 +78,6 @@ class SourceListing:
     unread: list[str]
 
 
-def list_source_files(source: str) -> list[tuple[str, str]]:
-    """(path, relative name) of every readable file of a source, in a stable order."""
-    return [(e.path, e.rel) for e in scan_source(source).entries if e.problem is None]
-
-
 def scan_source(source: str) -> SourceListing:
     """Every file of a source: those with a document suffix, readable or not, and the others."""
     fs, root = _existing_source(source)
