@@ -3,13 +3,14 @@
 An entry is written (with the custom_ids it holds) *before* the create call and gets its batch id
 right after. A run that dies in between leaves an entry without a batch id, which tells the next
 run to look for the batch the call may have made instead of paying for it again. Everything the
-pipeline knows about a request's attempts is derived from this ledger and the collected results.
+pipeline knows about a request's attempts is derived from this ledger and the collected results
+(kept, derived, in batchline/request_index.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from batchline import schemas
 from batchline.config import RunError
+from batchline.retry import RequestState as RequestState  # re-exported: its old home
 from batchline.storage import OutputLayout
 
 
@@ -37,17 +39,6 @@ class LedgerEntry(BaseModel):
         default_factory=list,
         description="Batches adopted for this intent whose results answered other requests.",
     )
-
-
-@dataclass
-class RequestState:
-    """What the ledger and the collected results say about one custom_id."""
-
-    params_hash: str
-    attempts: int
-    batch_id: str | None
-    status: str | None = None  # None until the latest batch's results are collected
-    error_type: str | None = None
 
 
 class Ledger:
@@ -130,36 +121,14 @@ class Ledger:
     def request_ids(self, entry: LedgerEntry) -> pa.Table:
         return self.layout.read_table("ledger", f"{entry.key}.parquet")
 
-    def request_states(self) -> dict[str, RequestState]:
-        """Attempts and latest outcome of every custom_id the ledger has seen.
+    def request_states(self) -> Mapping[str, RequestState]:
+        """Attempts and latest outcome of every custom_id the ledger has seen, by custom_id.
 
         A custom_id whose params changed (a new template, say) starts again at zero attempts:
-        the old results answered a different request.
+        the old results answered a different request. Served by the on-disk request index
+        (batchline/request_index.py), brought up to date with this ledger first.
         """
-        states: dict[str, RequestState] = {}
-        for entry in self.entries():
-            if entry.batch_id is None:
-                continue
-            ids = self.request_ids(entry)
-            for cid, ph in zip(
-                ids.column("custom_id").to_pylist(),
-                ids.column("params_hash").to_pylist(),
-                strict=True,
-            ):
-                old = states.get(cid)
-                attempts = old.attempts + 1 if old and old.params_hash == ph else 1
-                states[cid] = RequestState(ph, attempts, entry.batch_id)
-            if self.layout.exists("collected", f"{entry.batch_id}.parquet"):
-                outcome = self.layout.read_table(
-                    "collected",
-                    f"{entry.batch_id}.parquet",
-                    columns=["custom_id", "status", "error_type"],
-                )
-                for cid, status, error_type in zip(
-                    *(outcome.column(c).to_pylist() for c in ("custom_id", "status", "error_type")),
-                    strict=True,
-                ):
-                    state = states.get(cid)
-                    if state is not None and state.batch_id == entry.batch_id:
-                        state.status, state.error_type = status, error_type
-        return states
+        # Imported here: the index is derived from this module's ledger.
+        from batchline.request_index import RequestStates, open_index
+
+        return RequestStates(open_index(self.layout))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import anthropic
 import httpx2
-
-from batchline.ledger import RequestState
 
 # Error types of an errored result that a later attempt can cure. invalid_request_error (and any
 # type not listed, such as authentication or permission errors) would fail the same way again.
@@ -39,6 +38,17 @@ def is_retryable(
 
 
 Submission = Literal["new", "retry"]
+
+
+@dataclass
+class RequestState:
+    """What the ledger and the collected results say about one custom_id."""
+
+    params_hash: str
+    attempts: int
+    batch_id: str | None
+    status: str | None = None  # None until the latest batch's results are collected
+    error_type: str | None = None
 
 
 def submission_kind(

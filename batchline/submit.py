@@ -21,9 +21,10 @@ from anthropic.types.messages import MessageBatch
 from batchline.build import split_batches
 from batchline.config import JobConfig, RunError
 from batchline.failpoints import failpoint
-from batchline.ledger import Ledger, LedgerEntry, RequestState
-from batchline.retry import Submission, submission_kind
-from batchline.storage import OutputLayout
+from batchline.ledger import Ledger, LedgerEntry
+from batchline.request_index import open_index
+from batchline.retry import Submission
+from batchline.storage import OutputLayout, part_name
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,12 @@ def submit_pending(
             _log_adoption(entry, batch.id)
             created.append(_record(ledger, entry, batch, adopted=True))
             known.add(batch.id)
-    states = ledger.request_states()
     in_flight = sum(
         1
         for e in ledger.entries()
         if e.batch_id and not layout.exists("collected", f"{e.batch_id}.parquet")
     )
-    for chunk in _pending_chunks(layout, job, states, kind):
+    for chunk in _pending_chunks(layout, job, kind):
         if in_flight >= job.max_batches_in_flight:
             break
         in_flight += 1
@@ -179,42 +179,29 @@ def _record(ledger: Ledger, entry: LedgerEntry, batch: MessageBatch, adopted: bo
 
 
 def pending_parts(
-    layout: OutputLayout,
-    job: JobConfig,
-    states: dict[str, RequestState],
-    kind: Submission | None = None,
+    layout: OutputLayout, job: JobConfig, kind: Submission | None = None
 ) -> Iterator[pa.Table]:
-    """Each manifest part filtered to the requests to submit (of ``kind``; None: both)."""
+    """The manifest parts that hold requests to submit (of ``kind``; None: both), filtered to
+    those requests. The index says which rows; only those parts' bodies are read."""
     columns = ["custom_id", "params_hash", "request_bytes", "params_json"]
-    for name in layout.names("manifest", ".parquet"):
-        part = layout.read_table("manifest", name, columns=columns)
-        kinds = [
-            submission_kind(states.get(cid), ph, job.max_attempts, job.retry_invalid_output)
-            for cid, ph in zip(
-                part.column("custom_id").to_pylist(),
-                part.column("params_hash").to_pylist(),
-                strict=True,
-            )
-        ]
-        keep = [k is not None and (kind is None or k == kind) for k in kinds]
-        yield part.filter(pa.array(keep, pa.bool_()))
+    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+        for part, rows in index.pending_rows(kind):
+            table = layout.read_table("manifest", part_name(part), columns=columns)
+            yield table.take(pa.array(rows, pa.int64()))
 
 
 def count_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> int:
     """How many manifest requests are still to be submitted (of ``kind``; None: both)."""
-    states = Ledger(layout).request_states()
-    return sum(part.num_rows for part in pending_parts(layout, job, states, kind))
+    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+        return index.count_pending(kind)
 
 
 def _pending_chunks(
-    layout: OutputLayout,
-    job: JobConfig,
-    states: dict[str, RequestState],
-    kind: Submission | None,
+    layout: OutputLayout, job: JobConfig, kind: Submission | None
 ) -> Iterator[pa.Table]:
     """Pending requests, streamed part by part and cut into batch-sized tables."""
     carry: pa.Table | None = None
-    for part in pending_parts(layout, job, states, kind):
+    for part in pending_parts(layout, job, kind):
         table = pa.concat_tables([carry, part]) if carry is not None else part
         ranges = split_batches(
             table.column("request_bytes").to_pylist(),

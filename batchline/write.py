@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from batchline import schemas, structured
 from batchline.config import RunError
 from batchline.failpoints import failpoint
-from batchline.ledger import Ledger, RequestState
+from batchline.ledger import Ledger
 from batchline.pricing import price_table, usage_cost
+from batchline.request_index import RequestIndex, open_index
 from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
 
 _TOKEN_COLUMNS = (
@@ -75,28 +76,18 @@ def write_results(layout: OutputLayout, output_schema: dict[str, Any] | None = N
         return RunSummary.model_validate(written)
     fields = structured.arrow_schema(output_schema) if output_schema is not None else None
     schema = schemas.results(fields)
-    ledger = Ledger(layout)
-    index = _latest_index(layout, ledger.request_states())
-    batch_ids = set(index.column("latest_batch_id").to_pylist())
-    tally = _Tally()
-    wanted: set[str] = set()
-    for entry in ledger.entries():
-        if entry.batch_id not in batch_ids:
-            continue
-        collected = layout.read_table("collected", f"{entry.batch_id}.parquet")
-        rows = collected.join(index, "custom_id", join_type="inner")
-        # Rows superseded by a later attempt belong to that attempt's batch file.
-        rows = rows.filter(pc.equal(rows.column("batch_id"), rows.column("latest_batch_id")))
-        rows = rows.append_column("cost_usd", _costs(rows, tally.unpriced))
-        if fields is not None:
-            valid = pc.equal(rows.column("status"), "succeeded").combine_chunks()
-            for name, column in zip(
-                fields.names,
-                structured.typed_columns(rows.column("text"), valid, fields).columns,
-                strict=True,
-            ):
-                rows = rows.append_column(name, column)
-        _write_part(layout, f"batch-{entry.batch_id}.parquet", rows, schema, tally, wanted)
+    with open_index(layout) as index:
+        missing, first = index.unanswered()
+        if missing:
+            raise WriteError(
+                f"{missing} documents have no collected result yet (first: {first}); "
+                "run the pipeline again to finish them"
+            )
+        batch_ids = index.answering_batches()
+        tally = _Tally()
+        wanted: set[str] = set()
+        for batch_id in sorted(batch_ids):
+            _write_batch(layout, batch_id, index, fields, schema, tally, wanted)
     for name in layout.names("invalid", ".parquet"):
         invalid = layout.read_table("invalid", name)
         n = invalid.num_rows
@@ -181,37 +172,29 @@ def _write_part(
     tally.add(table)
 
 
-def _latest_index(layout: OutputLayout, states: dict[str, RequestState]) -> pa.Table:
-    """custom_id, doc_id, attempts and latest batch of every manifest request's current params."""
-    index: dict[str, list[Any]] = {"custom_id": [], "doc_id": [], "attempts": [], "batch": []}
-    missing: list[str] = []
-    for name in layout.names("manifest", ".parquet"):
-        part = layout.read_table("manifest", name, columns=["custom_id", "doc_id", "params_hash"])
-        for cid, doc_id, ph in zip(
-            *(part.column(c).to_pylist() for c in ("custom_id", "doc_id", "params_hash")),
+def _write_batch(
+    layout: OutputLayout,
+    batch_id: str,
+    index: RequestIndex,
+    fields: pa.Schema | None,
+    schema: pa.Schema,
+    tally: _Tally,
+    wanted: set[str],
+) -> None:
+    """The results part of one batch: its rows that are their request's latest answer (a row
+    superseded by a later attempt belongs to that attempt's batch file)."""
+    collected = layout.read_table("collected", f"{batch_id}.parquet")
+    rows = collected.join(index.answered_by(batch_id), "custom_id", join_type="inner")
+    rows = rows.append_column("cost_usd", _costs(rows, tally.unpriced))
+    if fields is not None:
+        valid = pc.equal(rows.column("status"), "succeeded").combine_chunks()
+        for name, column in zip(
+            fields.names,
+            structured.typed_columns(rows.column("text"), valid, fields).columns,
             strict=True,
         ):
-            state = states.get(cid)
-            if state is None or state.params_hash != ph or state.status is None:
-                missing.append(doc_id)
-                continue
-            index["custom_id"].append(cid)
-            index["doc_id"].append(doc_id)
-            index["attempts"].append(state.attempts)
-            index["batch"].append(state.batch_id)
-    if missing:
-        raise WriteError(
-            f"{len(missing)} documents have no collected result yet (first: {missing[:3]}); "
-            "run the pipeline again to finish them"
-        )
-    return pa.table(
-        {
-            "custom_id": pa.array(index["custom_id"], pa.string()),
-            "doc_id": pa.array(index["doc_id"], pa.string()),
-            "attempts": pa.array(index["attempts"], pa.int32()),
-            "latest_batch_id": pa.array(index["batch"], pa.string()),
-        }
-    )
+            rows = rows.append_column(name, column)
+    _write_part(layout, f"batch-{batch_id}.parquet", rows, schema, tally, wanted)
 
 
 def _costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:

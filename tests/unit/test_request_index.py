@@ -1,0 +1,147 @@
+"""The request-state index against the ledger it derives from: incremental, rebuilt when stale."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+
+from batchline import schemas
+from batchline.collect import write_collected
+from batchline.ledger import Ledger, LedgerEntry
+from batchline.request_index import index_path, open_index
+from batchline.retry import RequestState, submission_kind
+from batchline.storage import OutputLayout, part_name
+
+
+def _manifest(layout: OutputLayout, parts: list[list[tuple[str, str]]]) -> None:
+    """Manifest parts of (custom_id, params_hash); doc_id is the custom_id."""
+    for number, part in enumerate(parts):
+        rows = [
+            {
+                "custom_id": cid,
+                "doc_id": cid,
+                "params_json": "{}",
+                "params_hash": ph,
+                "request_bytes": 10,
+                "estimated_input_tokens": 1,
+                "model": "m",
+                "max_tokens": 1,
+            }
+            for cid, ph in part
+        ]
+        layout.write_table("manifest", part_name(number), schemas.table(rows, schemas.MANIFEST))
+
+
+def _submit(layout: OutputLayout, batch_id: str, requests: list[tuple[str, str]]) -> LedgerEntry:
+    ledger = Ledger(layout)
+    table = pa.table(
+        {
+            "custom_id": [c for c, _ in requests],
+            "params_hash": [h for _, h in requests],
+            "request_bytes": [10] * len(requests),
+        }
+    )
+    entry = ledger.record_intent(table)
+    now = datetime.now(UTC)
+    return ledger.record_batch(entry, batch_id, now, now + timedelta(days=1), adopted=False)
+
+
+def _collect(layout: OutputLayout, batch_id: str, outcomes: dict[str, str]) -> None:
+    """outcomes: custom_id → 'succeeded', 'expired' or an error type."""
+    lines = []
+    for cid, outcome in outcomes.items():
+        if outcome in ("succeeded", "expired"):
+            result: dict[str, object] = {"type": outcome}
+            if outcome == "succeeded":
+                result["message"] = {"content": [{"type": "text", "text": "ok"}], "usage": {}}
+        else:
+            result = {"type": "errored", "error": {"error": {"type": outcome, "message": "x"}}}
+        lines.append(orjson.dumps({"custom_id": cid, "result": result}))
+    write_collected(layout, batch_id, lines, set(outcomes))
+
+
+def _reference(layout: OutputLayout) -> dict[str, RequestState]:
+    """The states as the ledger states them, computed the slow way: every entry, every file."""
+    states: dict[str, RequestState] = {}
+    ledger = Ledger(layout)
+    for entry in ledger.entries():
+        if entry.batch_id is None:
+            continue
+        for row in ledger.request_ids(entry).to_pylist():
+            old = states.get(row["custom_id"])
+            same = old is not None and old.params_hash == row["params_hash"]
+            attempts = old.attempts + 1 if old is not None and same else 1
+            states[row["custom_id"]] = RequestState(row["params_hash"], attempts, entry.batch_id)
+        if layout.exists("collected", f"{entry.batch_id}.parquet"):
+            table = layout.read_table("collected", f"{entry.batch_id}.parquet")
+            for row in table.to_pylist():
+                state = states[row["custom_id"]]
+                if state.batch_id == entry.batch_id:
+                    state.status, state.error_type = row["status"], row["error_type"]
+    return states
+
+
+def _check(layout: OutputLayout, manifest: list[tuple[str, str]]) -> None:
+    """The index agrees with the reference: states, and counts and rows of pending requests."""
+    expected = _reference(layout)
+    states = Ledger(layout).request_states()
+    assert dict(states) == expected
+    kinds = [submission_kind(expected.get(c), h, 3) for c, h in manifest]
+    with open_index(layout) as index:
+        for kind in ("new", "retry"):
+            assert index.count_pending(kind) == kinds.count(kind)
+        pending = [(p, r) for p, rows in index.pending_rows(None) for r in rows]
+    wanted = [i for i, k in enumerate(kinds) if k is not None]
+    assert [p * 2 + r for p, r in pending] == wanted  # parts of two rows each
+
+
+def test_index_follows_the_ledger_round_by_round_and_after_deletion(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    requests = [("a", "h"), ("b", "h"), ("c", "h"), ("d", "h")]
+    _manifest(layout, [requests[:2], requests[2:]])
+    _check(layout, requests)  # nothing submitted: all new
+
+    _submit(layout, "b1", requests[:3])
+    _check(layout, requests)  # three in flight, d new
+    _collect(layout, "b1", {"a": "succeeded", "b": "overloaded_error", "c": "expired"})
+    _check(layout, requests)
+    _submit(layout, "b2", [requests[1], requests[2], requests[3]])
+    _collect(layout, "b2", {"b": "succeeded", "c": "invalid_request_error", "d": "expired"})
+    _check(layout, requests)
+    assert Ledger(layout).request_states()["b"] == RequestState("h", 2, "b2", "succeeded", None)
+
+    index_path(layout).unlink()
+    _check(layout, requests)  # rebuilt from the ledger: the same answers
+
+
+def test_index_is_rebuilt_when_what_it_absorbed_changes_or_it_is_garbage(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    requests = [("a", "h"), ("b", "h")]
+    _manifest(layout, [requests])
+    _submit(layout, "b1", requests)
+    _collect(layout, "b1", {"a": "overloaded_error", "b": "succeeded"})
+    _check(layout, requests)
+
+    # A collected file deleted: its requests are in flight again, as the ledger now says.
+    layout.fs.rm(layout.path("collected", "b1.parquet"))
+    _check(layout, requests)
+    assert Ledger(layout).request_states()["a"].status is None
+
+    # An adoption undone: the entry's batch is gone from the ledger, and from the index.
+    entry = Ledger(layout).entry_for("b1")
+    Ledger(layout).reject_adoption(entry.model_copy(update={"adopted": True}))
+    _check(layout, requests)
+    assert len(Ledger(layout).request_states()) == 0
+
+    # A new manifest: a changed params_hash is a new request.
+    _submit(layout, "b2", requests)
+    _collect(layout, "b2", {"a": "succeeded", "b": "succeeded"})
+    changed = [("a", "h2"), ("b", "h")]
+    _manifest(layout, [changed])
+    _check(layout, changed)
+
+    index_path(layout).write_bytes(b"not a database")
+    _check(layout, changed)
