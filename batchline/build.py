@@ -21,6 +21,7 @@ from batchline.failpoints import failpoint
 from batchline.load import Document, read_staged
 from batchline.models import ModelLimits, ModelTable
 from batchline.pricing import Usage, cost_usd, prices_file
+from batchline.seen import SeenIds
 from batchline.storage import (
     OutputLayout,
     part_name,
@@ -158,7 +159,8 @@ def build_shard(
 ) -> tuple[pa.Table, pa.Table]:
     """The manifest rows and the invalid rows of one shard of documents.
 
-    ``taken_custom_ids`` spans shards so that two documents never share a custom_id. ``models``
+    ``taken_custom_ids`` holds the ids given so far in this shard; build_manifest checks the
+    shards against each other on disk, so two documents never share a custom_id. ``models``
     holds the limits of the run's model and of every model a row names.
     """
     manifest: list[dict[str, Any]] = []
@@ -215,6 +217,17 @@ def build_shard(
     return schemas.table(manifest, schemas.MANIFEST), schemas.table(invalid, schemas.INVALID)
 
 
+def _drop_taken(manifest: pa.Table, bad: pa.Table, taken: SeenIds) -> tuple[pa.Table, pa.Table]:
+    """Move requests whose custom_id an earlier shard holds from ``manifest`` to ``bad``."""
+    first = pa.array(taken.first_seen(manifest.column("custom_id").to_pylist()), pa.bool_())
+    if first.true_count == manifest.num_rows:
+        return manifest, bad
+    clashes = manifest.filter(pc.invert(first))
+    reasons = [f"custom_id {c} collides" for c in clashes.column("custom_id").to_pylist()]
+    moved = pa.table({"doc_id": clashes.column("doc_id"), "reason": reasons}, schema=bad.schema)
+    return manifest.filter(first), pa.concat_tables([bad, moved])
+
+
 def split_batches(request_bytes: Sequence[int], max_requests: int, max_bytes: int) -> list[range]:
     """Consecutive index ranges, each within the request-count and body-size limits of a batch."""
     ranges: list[range] = []
@@ -258,30 +271,31 @@ def build_manifest(
     fingerprint = manifest_fingerprint(source_fingerprint, job, models)
     if (built := reuse_or_restamp(layout, "manifest", fingerprint)) is not None:
         return BuildSummary.model_validate(built)
-    taken: set[str] = set()
     requests = invalid = nbytes = tokens = 0
     reasons: Counter[str] = Counter()
     # Per model, since rows may name their own: estimated input and max_tokens, summed.
     worst_case: dict[str, Counter[str]] = {}
     names = layout.names("documents", ".parquet")
-    for index, name in enumerate(names):
-        manifest, bad = build_shard(read_staged(layout, name), job, taken, models)
-        layout.write_table("manifest", part_name(index), manifest)
-        layout.write_table("invalid", part_name(index), bad)
-        requests += manifest.num_rows
-        invalid += bad.num_rows
-        nbytes += pc.sum(manifest.column("request_bytes")).as_py() or 0
-        tokens += pc.sum(manifest.column("estimated_input_tokens")).as_py() or 0
-        sums = manifest.group_by("model").aggregate(
-            [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
-        )
-        for row in sums.to_pylist():
-            worst_case.setdefault(row["model"], Counter()).update(
-                input_tokens=row["estimated_input_tokens_sum"],
-                output_tokens=row["max_tokens_sum"],
+    with SeenIds() as taken:
+        for index, name in enumerate(names):
+            manifest, bad = build_shard(read_staged(layout, name), job, set(), models)
+            manifest, bad = _drop_taken(manifest, bad, taken)
+            layout.write_table("manifest", part_name(index), manifest)
+            layout.write_table("invalid", part_name(index), bad)
+            requests += manifest.num_rows
+            invalid += bad.num_rows
+            nbytes += pc.sum(manifest.column("request_bytes")).as_py() or 0
+            tokens += pc.sum(manifest.column("estimated_input_tokens")).as_py() or 0
+            sums = manifest.group_by("model").aggregate(
+                [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
             )
-        # Group reasons by their kind (the text before any detail) for a readable summary.
-        reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
+            for row in sums.to_pylist():
+                worst_case.setdefault(row["model"], Counter()).update(
+                    input_tokens=row["estimated_input_tokens_sum"],
+                    output_tokens=row["max_tokens_sum"],
+                )
+            # Group reasons by their kind (the text before any detail) for a readable summary.
+            reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
     for area in ("manifest", "invalid"):
         remove_parts_from(layout, area, len(names))
     costs = {m: cost_usd(m, Usage(**totals)) for m, totals in worst_case.items()}

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from batchline import schemas
 from batchline.config import ConfigError, SourceOptions
 from batchline.failpoints import failpoint
+from batchline.seen import SeenIds
 from batchline.storage import (
     OutputLayout,
     filesystem,
@@ -214,20 +215,25 @@ def _hash_bytes(fs: Any, path: str) -> str:
 
 def iter_shards(source: str, options: SourceOptions) -> Iterator[list[Document]]:
     """Documents of a source in shards of ``options.shard_size``, duplicates marked invalid."""
-    seen: set[str] = set()
-    shard: list[Document] = []
-    for doc in _iter_documents(source, options):
-        if doc.invalid_reason is None:
-            if doc.doc_id in seen:
-                doc = Document(doc.doc_id, None, invalid_reason="duplicate doc_id")
-            else:
-                seen.add(doc.doc_id)
-        shard.append(doc)
-        if len(shard) >= options.shard_size:
-            yield shard
-            shard = []
-    if shard:
-        yield shard
+    with SeenIds() as seen:
+        shard: list[Document] = []
+        for doc in _iter_documents(source, options):
+            shard.append(doc)
+            if len(shard) >= options.shard_size:
+                yield _mark_duplicates(shard, seen)
+                shard = []
+        if shard:
+            yield _mark_duplicates(shard, seen)
+
+
+def _mark_duplicates(shard: list[Document], seen: SeenIds) -> list[Document]:
+    """The shard with every valid document whose doc_id came earlier made invalid."""
+    valid = [d for d in shard if d.invalid_reason is None]
+    first = dict(zip(map(id, valid), seen.first_seen([d.doc_id for d in valid]), strict=True))
+    return [
+        d if first.get(id(d), True) else Document(d.doc_id, None, invalid_reason="duplicate doc_id")
+        for d in shard
+    ]
 
 
 def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
