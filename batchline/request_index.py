@@ -108,18 +108,36 @@ class RequestIndex:
             self.db.execute(f"SELECT count(*) FROM requests WHERE {where}", args).fetchone()[0]
         )
 
-    def pending_rows(self, kind: Submission | None) -> Iterator[tuple[int, list[int]]]:
-        """(manifest part number, its row numbers to submit), in manifest order."""
+    def any_pending(self, kind: Submission | None) -> bool:
+        """Whether a manifest request is to be submitted: one seek, where a count reads them all."""
         where, args = _kind_filter(kind)
-        parts = [
-            p
-            for (p,) in self.db.execute(
-                f"SELECT DISTINCT part FROM requests WHERE {where} ORDER BY part", args
-            )
-        ]
-        for part in parts:
+        return (
+            self.db.execute(f"SELECT 1 FROM requests WHERE {where} LIMIT 1", args).fetchone()
+            is not None
+        )
+
+    def pending_rows(self, kind: Submission | None) -> Iterator[tuple[int, list[int]]]:
+        """(manifest part number, its row numbers to submit), in manifest order.
+
+        Each next part is one seek in the index of pending requests, so a round that submits
+        the first few parts' worth reads no more of it than that.
+        """
+        kinds: tuple[Submission, ...] = ("new", "retry") if kind is None else (kind,)
+        marks = ",".join("?" * len(kinds))
+        part = -1
+        while True:
+            starts = [
+                self.db.execute(
+                    "SELECT min(part) FROM requests WHERE kind = ? AND part > ?", (k, part)
+                ).fetchone()[0]
+                for k in kinds
+            ]
+            if all(s is None for s in starts):
+                return
+            part = min(s for s in starts if s is not None)
             rows = self.db.execute(
-                f"SELECT row FROM requests WHERE {where} AND part = ? ORDER BY row", (*args, part)
+                f"SELECT row FROM requests WHERE kind IN ({marks}) AND part = ? ORDER BY row",
+                (*kinds, part),
             )
             yield part, [r for (r,) in rows]
 

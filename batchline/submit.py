@@ -196,6 +196,12 @@ def count_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None 
         return index.count_pending(kind)
 
 
+def any_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> bool:
+    """Whether any manifest request is still to be submitted (of ``kind``; None: both)."""
+    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+        return index.any_pending(kind)
+
+
 def _pending_chunks(
     layout: OutputLayout, job: JobConfig, kind: Submission | None
 ) -> Iterator[pa.Table]:

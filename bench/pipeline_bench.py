@@ -1,13 +1,17 @@
 """Benchmark: the batchline pipeline against a plain SDK loop like the seed's, on the emulator.
 
-    python bench/pipeline_bench.py [--sizes 10000,100000,1000000] [--faults off,on]
+    python bench/pipeline_bench.py [--sizes 1000,100000,1000000,10000000] [--faults off,on]
+                                   [--servers local,own]
 
 For every size and fault setting, each side runs in its own process against its own fresh
 emulator process with the same settings, so wall time and peak RSS (VmHWM) are each side's alone.
-The pipeline side uses one running Prefect server (PREFECT_API_URL), as a production user would;
-the fixed cost of a run with each kind of server is bench/startup_bench.py's. Also prints the
-results parse throughput of the SDK's typed iteration against batchline's fast path. A row is
-lost when its document has no succeeded result.
+The pipeline side is the whole `batchline run` command (its main() in the child process) with
+each kind of Prefect server: `local`, a running server (`batchline server start`, here
+PREFECT_API_URL), and `own`, the default a user gets without one (the run starts its own server
+on a warm PREFECT_HOME; that server's process is not in the peak RSS). The seed loop runs only up
+to 100,000 documents, what one batch can hold. Also prints the results parse throughput of the
+SDK's typed iteration against batchline's fast path. A row is lost when its document has no
+succeeded result.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 from batchline.local import emulator_process, prefect_server
 
+# The seed loop sends everything in one batch, which holds at most 100,000 requests.
+SEED_LOOP_LIMIT = 100_000
 FAULTS = ["--error-rate", "overloaded_error=0.05", "--expire-rate", "0.02"]
 MODEL = "claude-haiku-4-5"
 
@@ -37,6 +43,7 @@ def peak_rss_mb() -> float:
 
 
 def write_corpus(path: Path, count: int) -> None:
+    """A JSONL source: at ten million documents, millions of small files are not the point."""
     with open(path, "w") as out:
         for i in range(count):
             text = f"Document {i}: a short note on subject {i % 97} with a few details. " * 4
@@ -85,26 +92,38 @@ def run_seed_loop(corpus: Path, poll: float) -> dict[str, Any]:
 
 
 def run_pipeline(corpus: Path, output: Path, poll: float) -> dict[str, Any]:
+    """`batchline run`, as a user types it, in this process: so its peak RSS is this one's."""
     started = time.perf_counter()
+    import contextlib
+
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from flows.pipeline import batch_pipeline
+    from batchline.cli import main as batchline
 
-    batch_pipeline(
-        source=str(corpus),
-        output=str(output),
-        model=MODEL,
-        poll_interval=poll,
-        max_poll_interval=max(poll, 30.0),
-        max_attempts=5,
-    )
+    argv = [
+        "run",
+        str(corpus),
+        "--output",
+        str(output),
+        "--model",
+        MODEL,
+        "--poll-interval",
+        str(poll),
+        "--max-poll-interval",
+        str(max(poll, 30.0)),
+        "--max-attempts",
+        "5",
+    ]
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries this side's figures alone
+        code = batchline(argv)
     seconds = time.perf_counter() - started
     status = ds.dataset(output / "results").to_table(columns=["status"]).column("status")
     return {
         "seconds": seconds,
-        "lost": sum(1 for s in status.to_pylist() if s != "succeeded"),
+        "lost": len(status) - pc.sum(pc.equal(status, "succeeded")).as_py(),
         "peak_rss_mb": peak_rss_mb(),
-        "error": None,
+        "error": None if code == 0 else f"exit {code}",
     }
 
 
@@ -141,6 +160,14 @@ def run_parse(count: int) -> dict[str, Any]:
 
 
 # --- the parent: processes, emulators, the report -----------------------------------------
+
+
+def warm_up(root: Path, opts: argparse.Namespace, env: dict[str, str]) -> None:
+    """One small run on the `own` side's PREFECT_HOME: its database exists, as after a first run."""
+    corpus = root / "warm-up.jsonl"
+    write_corpus(corpus, 10)
+    measure("pipeline", corpus, root, False, opts, env)
+    corpus.unlink()
 
 
 def emulator_options(faults: bool, processing_seconds: float) -> list[str]:
@@ -198,8 +225,11 @@ def report(opts: argparse.Namespace) -> None:
         root = Path(scratch)
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         base_env["PREFECT_HOME"] = str(root / "client-home")
+        own_env = base_env | {"PREFECT_HOME": str(root / "own-home")}
         with prefect_server(root / "server-home") as api:
             served_env = base_env | {"PREFECT_API_URL": api}
+            if "own" in opts.servers.split(","):
+                warm_up(root, opts, own_env)
             print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
             with emulator_process(*emulator_options(False, 0)) as (_, url):
                 env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "bench-key"}
@@ -212,33 +242,46 @@ def report(opts: argparse.Namespace) -> None:
                 f" ({mb / fast_s:.1f} MB/s): {typed_s / fast_s:.1f}x faster"
             )
             header = (
-                f"{'documents':>10} {'faults':>6} {'side':>9} {'seconds':>8} {'peak MB':>8} "
-                f"{'lost':>8} {'API calls':>9}  note"
+                f"{'documents':>10} {'faults':>6} {'side':>15} {'seconds':>8} {'docs/s':>8} "
+                f"{'peak MB':>8} {'lost':>9} {'API calls':>9}  note"
             )
             print(header)
             for size in sizes:
                 corpus = root / f"corpus-{size}.jsonl"
                 write_corpus(corpus, size)
                 for faults in fault_modes:
-                    seed = measure("seed", corpus, root, faults, opts, base_env)
-                    pipe = measure("pipeline", corpus, root, faults, opts, served_env)
-                    for name, fig in (("seed loop", seed), ("pipeline", pipe)):
-                        note = fig["error"] or ""
-                        if name == "pipeline":
-                            note = f"{pipe['seconds'] / seed['seconds']:.2f}x the seed loop"
-                        print(
-                            f"{size:>10,} {'on' if faults else 'off':>6} {name:>9} "
-                            f"{fig['seconds']:>8.1f} {fig['peak_rss_mb']:>8.0f} {fig['lost']:>8,} "
-                            f"{fig['api_calls']:>9}  {note}",
-                            flush=True,
-                        )
+                    seed = None
+                    if size <= SEED_LOOP_LIMIT:
+                        seed = measure("seed", corpus, root, faults, opts, base_env)
+                        _print_row(size, faults, "seed loop", seed, None)
+                    for server in opts.servers.split(","):
+                        env = served_env if server == "local" else own_env
+                        pipe = measure("pipeline", corpus, root, faults, opts, env)
+                        _print_row(size, faults, f"pipeline, {server}", pipe, seed)
                 corpus.unlink()
+
+
+def _print_row(
+    size: int, faults: bool, name: str, fig: dict[str, Any], seed: dict[str, Any] | None
+) -> None:
+    note = fig["error"] or ""
+    if seed is not None and name != "seed loop":
+        note = f"{fig['seconds'] / seed['seconds']:.2f}x the seed loop {note}".strip()
+    print(
+        f"{size:>10,} {'on' if faults else 'off':>6} {name:>15} {fig['seconds']:>8.1f} "
+        f"{size / fig['seconds']:>8,.0f} {fig['peak_rss_mb']:>8.0f} {fig['lost']:>9,} "
+        f"{fig['api_calls']:>9}  {note}",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--faults", default="off,on", help="off, on, or off,on")
+    parser.add_argument("--sizes", default="1000,100000,1000000,10000000")
+    parser.add_argument("--faults", default="off", help="off, on, or off,on")
+    parser.add_argument(
+        "--servers", default="local,own", help="Prefect server of the pipeline: local, own, or both"
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="first poll interval, both sides")
     parser.add_argument("--processing-seconds", type=float, default=0.0)
     parser.add_argument("--parse-rows", type=int, default=100_000)

@@ -25,7 +25,7 @@ from batchline.models import check_run_model
 from batchline.report import artifact_key, results_link, summary_markdown
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
-from batchline.submit import count_pending
+from batchline.submit import any_pending
 from batchline.write import RunSummary
 from flows.progress import batches_to_wait_for, outstanding_batch_ids
 from flows.storage import result_storage_for
@@ -132,7 +132,7 @@ def batch_pipeline(
         approve_spend(built, job)
         run = Rounds(layout.root, job, built, storage, credentials_block, give_up_after)
         done = run.until_done("new")
-        if done.still_running is None and count_pending(layout, job, "retry"):
+        if done.still_running is None and any_pending(layout, job, "retry"):
             done = done.then(on_this_task_runner(retry_failed)(run))
         running = done.still_running
         if running is not None and running.expires_at is not None:
@@ -173,7 +173,7 @@ class Rounds:
         collected: list[CollectedBatch] = []
         for number in count(1):
             # Batches a killed run left in flight are waited for and collected like new ones.
-            if not count_pending(layout, self.job, kind) and not outstanding_batch_ids(layout):
+            if not any_pending(layout, self.job, kind) and not outstanding_batch_ids(layout):
                 return Done(collected)
             submitted = submit.with_options(result_storage=self.storage)(
                 self.output, self.job, self.built, kind, number, self.credentials

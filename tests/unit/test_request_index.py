@@ -93,6 +93,7 @@ def _check(layout: OutputLayout, manifest: list[tuple[str, str]]) -> None:
     with open_index(layout) as index:
         for kind in ("new", "retry"):
             assert index.count_pending(kind) == kinds.count(kind)
+            assert index.any_pending(kind) == (kind in kinds)
         pending = [(p, r) for p, rows in index.pending_rows(None) for r in rows]
     wanted = [i for i, k in enumerate(kinds) if k is not None]
     assert [p * 2 + r for p, r in pending] == wanted  # parts of two rows each
