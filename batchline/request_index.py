@@ -58,8 +58,6 @@ CREATE TABLE requests (
     error_type TEXT,
     kind TEXT
 ) WITHOUT ROWID;
-CREATE INDEX requests_by_batch ON requests (batch_id);
-CREATE INDEX pending ON requests (kind, part, row) WHERE kind IS NOT NULL;
 """
 
 
@@ -325,8 +323,10 @@ def _rebuild(
         db.execute("BEGIN")
         entries, collected, manifest = _fingerprints(layout)
         _absorb_manifest(db, layout)
+        db.execute("CREATE INDEX requests_by_batch ON requests (batch_id)")
         _absorb(db, layout, entries, collected, {})
         db.execute(f"UPDATE requests SET {_SET_KIND}")
+        db.execute("CREATE INDEX pending ON requests (kind, part, row) WHERE kind IS NOT NULL")
         db.executemany(
             "INSERT INTO meta VALUES (?, ?)",
             [("version", VERSION), ("manifest", manifest), ("settings", settings)],
@@ -340,14 +340,19 @@ def _rebuild(
 
 
 def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:
+    """Every manifest request, inserted in custom_id order: appends to the table's B-tree
+    instead of scattering rows across it (the secondary indexes come after)."""
+    db.execute(
+        "CREATE TEMP TABLE staged (custom_id TEXT, doc_id TEXT, part INTEGER, row INTEGER, "
+        "manifest_hash TEXT)"
+    )
     for name in layout.names("manifest", ".parquet"):
         part = int(name[5:10])
         table = layout.read_table("manifest", name, columns=["custom_id", "doc_id", "params_hash"])
         for offset in range(0, table.num_rows, _CHUNK):
             chunk = table.slice(offset, _CHUNK)
             db.executemany(
-                "INSERT INTO requests (custom_id, doc_id, part, row, manifest_hash) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO staged VALUES (?, ?, ?, ?, ?)",
                 zip(
                     chunk.column("custom_id").to_pylist(),
                     chunk.column("doc_id").to_pylist(),
@@ -357,6 +362,11 @@ def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:
                     strict=True,
                 ),
             )
+    db.execute(
+        "INSERT INTO requests (custom_id, doc_id, part, row, manifest_hash) "
+        "SELECT * FROM staged ORDER BY custom_id"
+    )
+    db.execute("DROP TABLE staged")
 
 
 def _absorb(
