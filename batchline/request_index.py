@@ -75,10 +75,9 @@ def index_path(layout: OutputLayout) -> Path:
 
 
 class RequestIndex:
-    """An open, up-to-date index of ``layout``; use as a context manager (see ``open_index``)."""
+    """An open, up-to-date index; use as a context manager (see ``open_index``)."""
 
-    def __init__(self, layout: OutputLayout, db: sqlite3.Connection) -> None:
-        self.layout = layout
+    def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
     def __enter__(self) -> RequestIndex:
@@ -224,7 +223,7 @@ def open_index(
     if db is None:
         _rebuild(layout, path, max_attempts, retry_invalid_output, settings)
         db = _connect(path, max_attempts, retry_invalid_output)
-    return RequestIndex(layout, db)
+    return RequestIndex(db)
 
 
 def _connect(path: Path, max_attempts: int, retry_invalid_output: bool) -> sqlite3.Connection:
