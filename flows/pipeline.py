@@ -19,9 +19,9 @@ from prefect.runtime import flow_run
 from batchline.build import BuildSummary, check_submittable
 from batchline.collect import CollectedBatch
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
-from batchline.load import check_source_and_output
+from batchline.load import LoadSummary, check_source_and_output
 from batchline.lock import output_lock
-from batchline.models import check_run_model
+from batchline.models import ModelTable, check_run_model
 from batchline.report import artifact_key, results_link, summary_markdown
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
@@ -33,11 +33,15 @@ from flows.suspend import approve_spend, is_deployed, suspend_until_ended
 from flows.tasks import (
     Waited,
     build_requests,
+    build_requests_of,
     client_for,
     collect,
     job_config_for,
     load_documents,
+    load_shard,
     look_up_models,
+    plan_building,
+    plan_loading,
     submit,
     wait,
     write_parquet,
@@ -120,11 +124,9 @@ def batch_pipeline(
         storage = result_storage_for(layout)
         give_up_after = suspend_after_seconds if is_deployed() else None
 
-        loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
+        loaded = load_source(source, layout.root, options, storage)
         models = look_up_models(layout.root, job, models, credentials_block)
-        built = build_requests.with_options(result_storage=storage)(
-            layout.root, job, loaded, models
-        )
+        built = build_manifest(layout.root, job, loaded, models, storage)
         if dry_run:
             check_submittable(built, job)
             get_run_logger().info("dry run: %s", built.model_dump_json())
@@ -142,6 +144,24 @@ def batch_pipeline(
         )
         publish_summary(layout.root, summary, job.max_attempts)
         return summary
+
+
+def load_source(source: str, output: str, options: SourceOptions, storage: str) -> LoadSummary:
+    """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
+    plan = plan_loading(source, output, options)
+    staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
+    return load_documents.with_options(result_storage=storage)(
+        output, plan.fingerprint, staged.result()
+    )
+
+
+def build_manifest(
+    output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable, storage: str
+) -> BuildSummary:
+    """plan → one build task per staged part, over the workers → sum up, stamp."""
+    plan = plan_building(output, job, loaded, models)
+    parts = build_requests_of.map(unmapped(output), unmapped(job), unmapped(models), plan.parts)
+    return build_requests.with_options(result_storage=storage)(output, plan, parts.result())
 
 
 @dataclass(frozen=True)
@@ -206,7 +226,8 @@ def retry_failed(run: Rounds) -> Done:
 def on_this_task_runner(subflow: Flow[P, R]) -> Flow[P, R]:
     """The subflow on the running flow's task runner (a subflow would start a default one).
 
-    A duplicated Dask runner finds the running cluster's client, so retries use the same workers.
+    The Dask runner's copy connects to the running cluster (flows/dask_pipeline.py), so retries
+    use the same workers.
     """
     context = FlowRunContext.get()
     if context is None or context.task_runner is None:
