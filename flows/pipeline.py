@@ -150,8 +150,11 @@ def load_source(source: str, output: str, options: SourceOptions, storage: str) 
     """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
     plan = plan_loading(source, output, options)
     staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
+    # The futures themselves, not their results: the graph then shows each shard feeding in.
     return load_documents.with_options(result_storage=storage)(
-        output, plan.fingerprint, staged.result()
+        output,
+        plan.fingerprint,
+        staged,  # type: ignore[arg-type]
     )
 
 
@@ -161,7 +164,11 @@ def build_manifest(
     """plan → one build task per staged part, over the workers → sum up, stamp."""
     plan = plan_building(output, job, loaded, models)
     parts = build_requests_of.map(unmapped(output), unmapped(job), unmapped(models), plan.parts)
-    return build_requests.with_options(result_storage=storage)(output, plan, parts.result())
+    return build_requests.with_options(result_storage=storage)(
+        output,
+        plan,
+        parts,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)
