@@ -15,6 +15,7 @@ from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchline.build import BuildSummary, check_submittable
 from batchline.collect import CollectedBatch
@@ -51,7 +52,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@flow(name="batchline-pipeline")
+# Mapped tasks run on threads of this process unless a cluster runs them (flows/dask_pipeline.py).
+# Prefect's default pool has no bound, so every load shard would be read at once; a few threads
+# keep memory to a few shards (each at most READ_AHEAD_BYTES fetched) and still fetch, build and
+# collect several at a time.
+LOCAL_THREADS = 4
+
+
+# TaskRunner is invariant in its future type, of which the thread pool's is a subclass.
+@flow(name="batchline-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_THREADS))  # type: ignore[arg-type]
 def batch_pipeline(
     source: str,
     output: str,
