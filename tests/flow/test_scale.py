@@ -9,7 +9,9 @@ from pathlib import Path
 import anthropic
 import pandas as pd
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from batchline.config import ConfigError
 from batchline.emulator import Emulator
 from flows.dask_pipeline import distributed_pipeline
 from flows.pipeline import batch_pipeline
@@ -73,3 +75,12 @@ def test_the_same_flow_on_a_local_dask_cluster_of_processes(
     pids = {p for step in ("loaded shard ", "built ", "collected ") for p in logged_pids(run, step)}
     assert 1 <= len(pids) <= 2 and os.getpid() not in pids, pids
     assert table.attempts.max() > 1, "the retry subflow ran"
+
+
+def test_a_dask_run_without_a_prefect_server_refuses_before_starting_a_cluster() -> None:
+    # Each worker would start a server of its own, and its task runs would be lost there.
+    with (
+        temporary_settings({PREFECT_API_URL: None}),
+        pytest.raises(ConfigError, match="PREFECT_API_URL"),
+    ):
+        distributed_pipeline(n_workers=2)
