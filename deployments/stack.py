@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchline import local
-from batchline.local import free_port, stop, wait_for
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments import local
+from deployments.local import free_port, stop, wait_for
 
 # What the integration tests start and stop their stack with.
 __all__ = [
