@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from batchline.write import RunSummary
     from flows.interrupt import CtrlC
 
-console = Console()
+# soft_wrap: a refusal is one line however narrow the terminal (or 80 columns when piped).
+console = Console(soft_wrap=True)
 
 DEMO_OUTPUT = "batchline-demo-out"
 STRUCTURED_DEMO_OUTPUT = "batchline-demo-structured-out"

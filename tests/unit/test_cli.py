@@ -49,7 +49,7 @@ def test_run_help_lists_every_option_with_its_default_and_help(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
-    cli.console.width = 1000
+    monkeypatch.setattr(cli.console, "width", 1000)
     assert cli.main(["run", "--help"]) == 0
     printed = _printed(capsys)
     for name, parameter in inspect.signature(batch_pipeline.fn).parameters.items():
