@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "batchline-process"
 # Flow runs in Pending or Running at once (a suspended run holds no slot), sized for two cores:
-# a pipeline run, the sentinel, and a backfill's parent (a light poller) with one of its days.
+# two pipeline runs (say two backfill days) and two short ones (a check, a backfill starting days).
 POOL_LIMIT = 4
 STATE = REPO / ".batchline-stack"
 # The emulator never checks keys; this one only keeps the SDK from refusing to start.
@@ -65,19 +65,24 @@ def spawn_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return local.spawn_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
 
 
-def create_pool(env: dict[str, str], limit: int = POOL_LIMIT) -> None:
+def create_pool(env: dict[str, str], limit: int = POOL_LIMIT, pool: str = POOL) -> None:
     """The process pool, starting at most ``limit`` flow runs at once.
 
     Set here rather than in prefect.yaml: its ``work_pool`` only names the pool a deployment uses
     (Prefect 3.9 ignores other keys there), and ``work-pool create`` takes no limit.
     """
-    prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
-    prefect(["work-pool", "set-concurrency-limit", POOL, str(limit)], env)
+    prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], env)
+    prefect(["work-pool", "set-concurrency-limit", pool, str(limit)], env)
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A process worker on the pool; each flow run becomes its own subprocess."""
-    return local.spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, log, REPO)
+def start_worker(
+    env: dict[str, str], log: Path, cwd: Path = REPO, pool: str = POOL
+) -> subprocess.Popen[bytes]:
+    """A process worker on ``pool``; each flow run becomes its own subprocess.
+
+    The flows come from the installed package, so ``cwd`` can be any folder.
+    """
+    return local.spawn([str(BIN / "prefect"), "worker", "start", "--pool", pool], env, log, cwd)
 
 
 def start_emulator(
@@ -88,10 +93,13 @@ def start_emulator(
     return local.start_emulator(*options, port=port, log=log)
 
 
-def deploy(env: dict[str, str], *names: str) -> None:
-    """`prefect deploy` from the repo root: every deployment of prefect.yaml, or the named ones."""
-    selection = [arg for name in names for arg in ("--name", name)] or ["--all"]
-    prefect(["--no-prompt", "deploy", *selection], env)
+def deploy(env: dict[str, str], project: str = "", pool: str = POOL) -> None:
+    """`prefect deploy --all` from the repo root, each deployment named ``project`` + flow name.
+
+    prefect.yaml reads the prefix from BATCHLINE_PROJECT (flows/names.py).
+    """
+    env = {**env, "BATCHLINE_PROJECT": project}
+    prefect(["--no-prompt", "deploy", "--all", "--pool", pool], env)
 
 
 def prefect(args: list[str], env: dict[str, str]) -> None:
@@ -136,9 +144,10 @@ def up(args: argparse.Namespace) -> int:
             )
             started("emulator", emulator)
             env |= {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": EMULATOR_KEY}
-        create_pool(env, args.pool_limit)
-        started("worker", start_worker(env, STATE / "worker.log"))
-        deploy(env)
+        pool = args.project + POOL
+        create_pool(env, args.pool_limit, pool)
+        started("worker", start_worker(env, STATE / "worker.log", pool=pool))
+        deploy(env, args.project, pool)
     except BaseException:
         # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
         local.stop_groups(list(pids.values()))
@@ -191,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=POOL_LIMIT,
         help="flow runs the work pool starts at once (docs/deployments.md: how to size it)",
+    )
+    start.add_argument(
+        "--project",
+        default="",
+        help="prefix of every deployment and of the pool (acme- gives acme-batchline-pipeline), "
+        "so that two projects share one server",
     )
     start.add_argument(
         "--no-emulator",
