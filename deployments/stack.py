@@ -96,9 +96,12 @@ def start_emulator(
 def deploy(env: dict[str, str], project: str = "", pool: str = POOL) -> None:
     """`prefect deploy --all` from the repo root, each deployment named ``project`` + flow name.
 
-    prefect.yaml reads the prefix from BATCHLINE_PROJECT (flows/names.py).
+    prefect.yaml reads the prefix from BATCHLINE_PROJECT (flows/names.py); without a project it
+    is left unset, as when someone types `prefect deploy --all`.
     """
-    env = {**env, "BATCHLINE_PROJECT": project}
+    env = {k: v for k, v in env.items() if k != "BATCHLINE_PROJECT"}
+    if project:
+        env["BATCHLINE_PROJECT"] = project
     prefect(["--no-prompt", "deploy", "--all", "--pool", pool], env)
 
 
@@ -112,15 +115,16 @@ def prefect(args: list[str], env: dict[str, str]) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
-    STATE.mkdir(exist_ok=True)
-    pids_file = STATE / "pids.json"
+    state: Path = args.state
+    state.mkdir(parents=True, exist_ok=True)
+    pids_file = state / "pids.json"
     if running := _running(pids_file):
         print(
             f"a stack is already up ({', '.join(running)}): python deployments/stack.py down first",
             file=sys.stderr,
         )
         return 1
-    home = STATE / "prefect"
+    home = state / "prefect"
     home.mkdir(exist_ok=True)
     pids: dict[str, int] = {}
 
@@ -130,15 +134,15 @@ def up(args: argparse.Namespace) -> int:
         pids_file.write_text(json.dumps(pids))
 
     try:
-        log = STATE / "server.log"
+        log = state / "server.log"
         server = spawn_server(home, args.port, log)
         started("server", server)
         api_url = local.await_prefect_server(server, args.port, SERVER_TIMEOUT, log)
         env = client_env(api_url, home)
         if args.emulator:
             emulator, base_url = start_emulator(
-                STATE / "emulator.db",
-                STATE / "emulator.log",
+                state / "emulator.db",
+                state / "emulator.log",
                 args.processing_seconds,
                 args.emulator_port,
             )
@@ -146,7 +150,7 @@ def up(args: argparse.Namespace) -> int:
             env |= {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": EMULATOR_KEY}
         pool = args.project + POOL
         create_pool(env, args.pool_limit, pool)
-        started("worker", start_worker(env, STATE / "worker.log", pool=pool))
+        started("worker", start_worker(env, state / "worker.log", pool=pool))
         deploy(env, args.project, pool)
     except BaseException:
         # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
@@ -155,8 +159,9 @@ def up(args: argparse.Namespace) -> int:
         raise
     print(f"Prefect UI: http://127.0.0.1:{args.port}   (API {api_url})")
     if args.emulator:
-        print(f"emulator: {base_url}   (state in {STATE / 'emulator.db'})")
-    print(f"logs: {STATE}/*.log   stop with: python deployments/stack.py down")
+        print(f"emulator: {base_url}   (state in {state / 'emulator.db'})")
+    where = "" if state == STATE else f" --state {state}"
+    print(f"logs: {state}/*.log   stop with: python deployments/stack.py down{where}")
     print("for prefect commands in another shell (prefect deployment run ...), first:")
     print(f"export PREFECT_API_URL={api_url}")
     return 0
@@ -173,8 +178,8 @@ def _running(pids_file: Path) -> list[str]:
     return alive
 
 
-def down(_: argparse.Namespace) -> int:
-    pids_file = STATE / "pids.json"
+def down(args: argparse.Namespace) -> int:
+    pids_file = args.state / "pids.json"
     if not pids_file.exists():
         print("no stack is up", file=sys.stderr)
         return 0
@@ -214,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         help="use the real API: export ANTHROPIC_API_KEY or save an AnthropicCredentials block",
     )
     start.set_defaults(handler=up)
-    commands.add_parser("down", help="stop what `up` started").set_defaults(handler=down)
+    stop_parser = commands.add_parser("down", help="stop what `up` started")
+    stop_parser.set_defaults(handler=down)
+    for command in (start, stop_parser):
+        command.add_argument(
+            "--state",
+            type=Path,
+            default=STATE,
+            help=f"databases, logs and process ids (default {STATE})",
+        )
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

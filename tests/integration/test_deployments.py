@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -80,8 +81,6 @@ class Emulated:
 @dataclass
 class Stack:
     api_url: str
-    state: Path
-    env: dict[str, str]
     worker_dir: Path
     slow: Emulated
     fast: Emulated
@@ -90,21 +89,6 @@ class Stack:
     @property
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
-
-    def down(self) -> None:
-        """What `stack.py down` does to the server and worker: stop their process groups."""
-        stack.stop(self.processes.pop("worker"), self.processes.pop("server"))
-
-    def up(self) -> None:
-        """What `stack.py up` does again: the server on its database and port, then the worker."""
-        port = int(self.api_url.rsplit(":", 1)[1].split("/")[0])
-        self.processes["server"], url = stack.start_server(
-            self.state / "home", port, self.state / "server.log"
-        )
-        assert url == self.api_url
-        self.processes["worker"] = stack.start_worker(
-            self.env, self.state / "worker.log", cwd=self.worker_dir
-        )
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +120,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 AnthropicCredentials(api_key=TEST_API_KEY, base_url=emulated.base_url).save(
                     emulated.credentials_block, overwrite=True
                 )
-            yield Stack(
-                api_url, state, env, elsewhere, emulators["slow"], emulators["fast"], started
-            )
+            yield Stack(api_url, elsewhere, emulators["slow"], emulators["fast"], started)
     finally:
         stack.stop(*started.values())
 
@@ -340,63 +322,55 @@ def test_backfill_starts_each_day_once_and_skips_a_finished_one(
     assert len(summaries) == 2
 
 
-def test_a_backfill_survives_a_restart_of_the_stack_with_one_run_per_day(
-    deployed: Stack, tmp_path: Path
-) -> None:
-    """`stack.py down` and `up` (server and worker) while two days wait for their batches."""
-    # Long enough that no check resumes a day before the restart: a run killed mid-replay would
-    # be a different failure (a Running run with no process), which this test is not about.
-    seconds = 45
-    emulator, base_url = stack.start_emulator(
-        tmp_path / "emulator.db", tmp_path / "emulator.log", seconds, port=stack.free_port()
-    )
+def test_stack_down_and_up_in_the_middle_of_a_two_day_backfill(tmp_path: Path) -> None:
+    """`deployments/stack.py down` and `up`, as a user types them, while two days wait for their
+    batches: each day ends completed by its one run, and a backfill started again finds them."""
+    state, port, emulator_port = tmp_path / "stack", stack.free_port(), stack.free_port()
+    cli = [sys.executable, str(stack.REPO / "deployments" / "stack.py")]
+    # Batches long enough that no check resumes a day before the restart: a run killed
+    # mid-replay would be another failure (Running with no process), not this test's subject.
+    up = [*cli, "up", "--state", str(state), "--port", str(port)]
+    up += ["--emulator-port", str(emulator_port), "--processing-seconds", "45"]
+    down = [*cli, "down", "--state", str(state)]
+    emulated = Emulated(f"http://127.0.0.1:{emulator_port}", "")
+    days = [date(2024, 4, 1), date(2024, 4, 2)]
+    for n, day in enumerate(days):
+        write_documents(tmp_path / "docs" / f"{day:%Y-%m-%d}", 3, start=500 + 10 * n)
+    output = tmp_path / "out"
+    # No credentials block: `up` gives the worker the emulator's address and a key.
+    extra = {"suspend_after_seconds": 2}
     try:
-        AnthropicCredentials(api_key=TEST_API_KEY, base_url=base_url).save(
-            "emulator-restart", overwrite=True
-        )
-        emulated = Emulated(base_url, "emulator-restart")
-        days = [date(2024, 4, 1), date(2024, 4, 2)]
-        for n, day in enumerate(days):
-            write_documents(tmp_path / "docs" / f"{day:%Y-%m-%d}", 3, start=500 + 10 * n)
-        output = tmp_path / "out"
-        extra = {"suspend_after_seconds": 2}
-        first = _backfill(tmp_path / "docs", output, days, emulated.credentials_block, extra)
-        runs = {day: UUID(row["flow_run_id"]) for day, row in first.items()}
-        for run in runs.values():
-            _wait_for_run(run, lambda r: bool(r.state and r.state.is_paused()), 180)
+        _stack_cli(up)
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            first = _backfill(tmp_path / "docs", output, days, None, extra)
+            runs = {day: UUID(row["flow_run_id"]) for day, row in first.items()}
+            for run in runs.values():
+                _wait_for_run(run, lambda r: bool(r.state and r.state.is_paused()), 180)
 
-        deployed.down()
-        port = int(base_url.rsplit(":", 1)[1])
-        stack.stop(emulator)
-        emulator, _ = stack.start_emulator(
-            tmp_path / "emulator.db", tmp_path / "emulator.log", seconds, port=port
-        )
-        deployed.up()
+            _stack_cli(down)
+            _stack_cli(up)
 
-        # Started again while its days are in progress, the backfill finds their runs.
-        again = _backfill(tmp_path / "docs", output, days, emulated.credentials_block, extra)
-        assert {day: UUID(row["flow_run_id"]) for day, row in again.items()} == runs
-        for run in runs.values():
-            final = _wait_for_run(run, lambda r: bool(r.state and r.state.is_final()), 240)
-            assert final.state is not None and final.state.is_completed(), final.state
-        done = _backfill(tmp_path / "docs", output, days, emulated.credentials_block, extra)
-        assert {row["state"] for row in done.values()} == {"Skipped (complete)"}
+            # Started again while its days are in progress, the backfill finds their runs.
+            again = _backfill(tmp_path / "docs", output, days, None, extra)
+            assert {day: UUID(row["flow_run_id"]) for day, row in again.items()} == runs
+            for run in runs.values():
+                final = _wait_for_run(run, lambda r: bool(r.state and r.state.is_final()), 240)
+                assert final.state is not None and final.state.is_completed(), final.state
+            done = _backfill(tmp_path / "docs", output, days, None, extra)
+            assert {row["state"] for row in done.values()} == {"Skipped (complete)"}
 
-        day_runs: dict[str, int] = {}
-        for day_run in _flow_runs(PIPELINE_FLOW, tags=["batchline-backfill"]):
-            folder = Path(day_run.parameters["output"]).name
-            day_runs[folder] = day_runs.get(folder, 0) + 1
-        assert {k: v for k, v in day_runs.items() if k.startswith("date=2024-04")} == {
-            "date=2024-04-01": 1,
-            "date=2024-04-02": 1,
-        }
+            per_day: dict[str, int] = {}
+            for day_run in _flow_runs(PIPELINE_FLOW):
+                folder = Path(day_run.parameters["output"]).name
+                per_day[folder] = per_day.get(folder, 0) + 1
+            assert per_day == {"date=2024-04-01": 1, "date=2024-04-02": 1}
         stats = emulated.stats()
         assert stats["batches_created"] == 2
         assert set(stats["requests_per_custom_id"].values()) == {1}
         for day in days:
             assert len(pd.read_parquet(output / f"date={day:%Y-%m-%d}" / "results")) == 3
     finally:
-        stack.stop(emulator)
+        _stack_cli(down)
 
 
 def test_the_ui_shows_a_finished_run_and_its_summary(deployed: Stack, tmp_path: Path) -> None:
@@ -406,7 +380,7 @@ def test_the_ui_shows_a_finished_run_and_its_summary(deployed: Stack, tmp_path: 
     run = _finished_pipeline_run(deployed, tmp_path)
     [summary] = [a for a in _artifacts_of(run.id) if (a.key or "").startswith("batchline-summary")]
     pages = {
-        "flow-run": f"{deployed.ui_url}/runs/flow-run/{run.id}?tab=Artifacts",
+        "flow-run": f"{deployed.ui_url}/runs/flow-run/{run.id}",
         "summary": f"{deployed.ui_url}/artifacts/artifact/{summary.id}",
     }
     for name, url in pages.items():
@@ -424,16 +398,16 @@ def test_the_ui_shows_a_finished_run_and_its_summary(deployed: Stack, tmp_path: 
         page = (tmp_path / f"{name}.html").read_text()
         assert "Can't connect" not in page
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
-    run_page = (tmp_path / "flow-run.html").read_text()
-    assert run.name in run_page and "load-documents" in run_page
-    assert str(summary.key) in run_page
-    assert "succeeded" in (tmp_path / "summary.html").read_text()
     # e.g. BATCHLINE_KEEP_SCREENSHOT=docs/flow-run.png, which keeps docs/flow-run-summary.png too
     if keep := os.environ.get("BATCHLINE_KEEP_SCREENSHOT"):
         shutil.copyfile(tmp_path / "flow-run.png", keep)
         shutil.copyfile(
             tmp_path / "summary.png", Path(keep).with_stem(Path(keep).stem + "-summary")
         )
+    run_page = (tmp_path / "flow-run.html").read_text()
+    assert run.name in run_page and "load-documents" in run_page
+    summary_page = (tmp_path / "summary.html").read_text()
+    assert str(summary.key) in summary_page and "succeeded" in summary_page
 
 
 def _start(deployment: str, **parameters: Any) -> UUID:
@@ -442,11 +416,16 @@ def _start(deployment: str, **parameters: Any) -> UUID:
     return run.id
 
 
+def _stack_cli(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _backfill(
     docs: Path,
     output: Path,
     days: list[date],
-    credentials_block: str,
+    credentials_block: str | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the backfill deployment to its end (seconds: it only starts days); its table by day."""
@@ -457,7 +436,11 @@ def _backfill(
             "output": str(output),
             "start_date": days[0].isoformat(),
             "end_date": days[-1].isoformat(),
-            "parameters": {"credentials_block": credentials_block, **FAST, **(extra or {})},
+            "parameters": {
+                **({"credentials_block": credentials_block} if credentials_block else {}),
+                **FAST,
+                **(extra or {}),
+            },
         },
         timeout=180,
         poll_interval=1,
