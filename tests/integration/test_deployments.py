@@ -155,14 +155,15 @@ def test_a_deployment_made_here_runs_on_a_worker_started_elsewhere(
     assert sorted(pd.read_parquet(tmp_path / "out" / "results").doc_id) == sorted(docs)
 
 
-def test_nothing_runs_while_nothing_is_suspended(deployed: Stack) -> None:
+def test_nothing_runs_while_nothing_is_suspended(deployed: Stack, tmp_path: Path) -> None:
     """After a run that never suspended: no schedule, no check, for ten minutes ahead and now."""
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments()
         active = [(d.name, s.schedule) for d in deployments for s in d.schedules if s.active]
     assert active == []
-    completed = _flow_runs(PIPELINE_FLOW, StateType.COMPLETED)
-    assert completed, "the run of the previous test, which never suspended"
+    finished = _finished_pipeline_run(deployed, tmp_path)
+    with get_client(sync_client=True) as client:
+        assert not any(s.is_paused() for s in client.read_flow_run_states(finished.id))
     before = _all_flow_runs()
     # Scheduled runs are made ahead of time by the server's scheduler: none for the next ten
     # minutes means none will start in them. Then watch for a while in real time.
