@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batchline.local import emulator_process, prefect_server
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments.local import emulator_process, prefect_server
 
 FAULTS = ["--error-rate", "overloaded_error=0.05", "--expire-rate", "0.02"]
 MODEL = "claude-haiku-4-5"

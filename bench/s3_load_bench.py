@@ -34,7 +34,7 @@ import s3fs
 
 from batchline.config import SourceOptions
 from batchline.load import iter_shards
-from batchline.local import free_port
+from batchline.processes import free_port
 
 BUCKET = "batchline-bench"
 

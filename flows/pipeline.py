@@ -91,16 +91,47 @@ def batch_pipeline(
 ) -> RunSummary | BuildSummary:
     """Run every document of ``source`` through the Message Batches API into ``output``/results.
 
-    The API key comes from ``credentials_block`` (a saved AnthropicCredentials) or the
-    environment, never from a parameter. ``output_schema`` (a JSON Schema, or the path of a .json
-    file of one) or ``output_model`` (``package.module:Model``, a Pydantic model) asks every reply
-    for JSON of that shape, each top-level field a typed results column; replies that do not
-    match become ``invalid_output`` rows, resubmitted only with ``retry_invalid_output``.
-    ``job_block`` (a saved BatchJob) replaces model, max_tokens, template, system, the output
-    schema and max_attempts. In tabular sources, the ``*_column`` columns override the run's
-    model, max_tokens, system and temperature row by row. From a deployment, a run whose batches
-    are still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
-    The run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses.
+    The API key comes from ``credentials_block`` or the environment, never from a parameter. A
+    run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses. The
+    descriptions below are the UI's parameter form and `batchline run --help` alike.
+
+    Args:
+        source: Folder of .txt/.md files, or a .jsonl/.csv/.parquet file or folder of them;
+            local or s3://.
+        output: Output root, local or s3://; the results are at OUTPUT/results.
+        model: Model id, looked up through the Models API before anything is loaded.
+        max_tokens: max_tokens of every request, at most the model's limit.
+        template: User message, a format string over the document: {text}, {doc_id}, any
+            other column.
+        system: System prompt, sent with cache_control so the prompt cache takes it.
+        output_schema: JSON Schema every reply must match (a .json path, local or s3://, or
+            the schema itself); its top-level fields become typed results columns, and a reply
+            that does not match becomes an invalid_output row.
+        output_model: package.module:Model, a Pydantic model giving that schema, instead of
+            output_schema.
+        retry_invalid_output: Resubmit replies that did not parse or match the schema (each
+            attempt is paid for).
+        max_attempts: Submissions per request, counting the first; only retryable failures
+            are resubmitted.
+        poll_interval: First wait between polls of a batch, in seconds.
+        max_poll_interval: Cap of the polling backoff, in seconds.
+        max_cost_usd: Refuse to submit when the worst-case cost at batch prices is above this.
+        dry_run: Load, build and price the requests; submit nothing.
+        id_column: Column of tabular sources holding the document id.
+        text_column: Column of tabular sources holding the document text.
+        model_column: Column of tabular sources overriding a row's model.
+        max_tokens_column: Column of tabular sources overriding a row's max_tokens.
+        system_column: Column of tabular sources overriding a row's system prompt.
+        temperature_column: Column of tabular sources overriding a row's temperature.
+        shard_size: Documents per shard; bounds the memory of load and build.
+        batch_size: Requests per batch, at most 100,000 (and 256 MB, always enforced).
+        max_batches_in_flight: Batches submitted but not yet collected, at most.
+        credentials_block: Name of a saved AnthropicCredentials block, instead of the
+            environment's ANTHROPIC_API_KEY.
+        job_block: Name of a saved BatchJob block; replaces model, max_tokens, template,
+            system, the output schema and max_attempts.
+        suspend_after_seconds: From a deployment, a run whose batches still process after
+            this long suspends until they end.
     """
     job = job_config_for(
         job_block,
