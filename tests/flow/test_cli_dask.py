@@ -13,8 +13,7 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from batchline import cli
 from batchline.emulator import Emulator
-from tests.flow.test_scale import _collect_pids
-from tests.support import write_documents
+from tests.support import logged_pids, write_documents
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -40,5 +39,7 @@ def test_dask_workers_runs_the_flows_tasks_on_a_local_cluster(
         )
     [run] = [r for r in runs if r.parameters.get("output") == output]
     assert run.parameters["batch_size"] == 4
-    pids = _collect_pids(run.id)
-    assert pids and os.getpid() not in pids  # collect ran in Dask's worker processes
+    pids = {
+        p for step in ("loaded shard ", "built ", "collected ") for p in logged_pids(run.id, step)
+    }
+    assert pids and os.getpid() not in pids  # the steps ran in Dask's worker processes
