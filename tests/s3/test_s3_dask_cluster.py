@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL
 
 from batchline.emulator import Emulator
 from batchline.emulator.responder import QUOTE_CHARS
-from batchline.local import free_port, prefect_env
+from deployments.local import free_port, prefect_env
 from flows.dask_pipeline import distributed_pipeline
 from tests.s3.conftest import BUCKET
 from tests.support import assert_complete_and_paid_once, logged_pids
