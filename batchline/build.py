@@ -8,6 +8,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,11 +22,9 @@ from batchline.failpoints import failpoint
 from batchline.load import Document, read_staged
 from batchline.models import ModelLimits, ModelTable
 from batchline.pricing import Usage, cost_usd, prices_file
-from batchline.seen import SeenIds
 from batchline.storage import (
     OutputLayout,
-    part_name,
-    remove_parts_from,
+    remove_other_parts,
     reuse_or_restamp,
     write_stamp,
 )
@@ -159,8 +158,7 @@ def build_shard(
 ) -> tuple[pa.Table, pa.Table]:
     """The manifest rows and the invalid rows of one shard of documents.
 
-    ``taken_custom_ids`` holds the ids given so far in this shard; build_manifest checks the
-    shards against each other on disk, so two documents never share a custom_id. ``models``
+    ``taken_custom_ids`` spans shards so that two documents never share a custom_id. ``models``
     holds the limits of the run's model and of every model a row names.
     """
     manifest: list[dict[str, Any]] = []
@@ -217,17 +215,6 @@ def build_shard(
     return schemas.table(manifest, schemas.MANIFEST), schemas.table(invalid, schemas.INVALID)
 
 
-def _drop_taken(manifest: pa.Table, bad: pa.Table, taken: SeenIds) -> tuple[pa.Table, pa.Table]:
-    """Move requests whose custom_id an earlier shard holds from ``manifest`` to ``bad``."""
-    first = pa.array(taken.first_seen(manifest.column("custom_id").to_pylist()), pa.bool_())
-    if first.true_count == manifest.num_rows:
-        return manifest, bad
-    clashes = manifest.filter(pc.invert(first))
-    reasons = [f"custom_id {c} collides" for c in clashes.column("custom_id").to_pylist()]
-    moved = pa.table({"doc_id": clashes.column("doc_id"), "reason": reasons}, schema=bad.schema)
-    return manifest.filter(first), pa.concat_tables([bad, moved])
-
-
 def split_batches(request_bytes: Sequence[int], max_requests: int, max_bytes: int) -> list[range]:
     """Consecutive index ranges, each within the request-count and body-size limits of a batch."""
     ranges: list[range] = []
@@ -260,44 +247,82 @@ def manifest_fingerprint(source_fingerprint: str, job: JobConfig, models: ModelT
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def build_manifest(
-    layout: OutputLayout, job: JobConfig, source_fingerprint: str, models: ModelTable
-) -> BuildSummary:
-    """Render every staged document into ``manifest/`` and ``invalid/`` parts, shard by shard.
+@dataclass(frozen=True)
+class BuildPlan:
+    """What building takes: the manifest's fingerprint, and the staged parts unless built."""
 
-    The summary's fingerprint identifies the manifest: the staged source's content, the request
-    shape and the models' limits. A manifest on disk that already answers it is kept as it is.
+    fingerprint: str
+    parts: list[str]
+    built: BuildSummary | None = None
+
+
+class BuiltPart(BaseModel):
+    """What one part's requests add up to, for the run's summary."""
+
+    requests: int
+    invalid: int
+    request_bytes: int
+    estimated_input_tokens: int
+    # Per model, since rows may name their own: estimated input and max_tokens, summed.
+    worst_case: dict[str, dict[str, int]]
+    invalid_reasons: dict[str, int]
+
+
+def plan_build(
+    layout: OutputLayout, job: JobConfig, source_fingerprint: str, models: ModelTable
+) -> BuildPlan:
+    """The staged parts to build, or none when ``manifest/`` already answers them.
+
+    The fingerprint identifies the manifest: the staged source's content, the request shape and
+    the models' limits. A stale stamp is dropped here, before any part is rewritten.
     """
     fingerprint = manifest_fingerprint(source_fingerprint, job, models)
     if (built := reuse_or_restamp(layout, "manifest", fingerprint)) is not None:
-        return BuildSummary.model_validate(built)
-    requests = invalid = nbytes = tokens = 0
-    reasons: Counter[str] = Counter()
-    # Per model, since rows may name their own: estimated input and max_tokens, summed.
-    worst_case: dict[str, Counter[str]] = {}
-    names = layout.names("documents", ".parquet")
-    with SeenIds() as taken:
-        for index, name in enumerate(names):
-            manifest, bad = build_shard(read_staged(layout, name), job, set(), models)
-            manifest, bad = _drop_taken(manifest, bad, taken)
-            layout.write_table("manifest", part_name(index), manifest)
-            layout.write_table("invalid", part_name(index), bad)
-            requests += manifest.num_rows
-            invalid += bad.num_rows
-            nbytes += pc.sum(manifest.column("request_bytes")).as_py() or 0
-            tokens += pc.sum(manifest.column("estimated_input_tokens")).as_py() or 0
-            sums = manifest.group_by("model").aggregate(
-                [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
-            )
-            for row in sums.to_pylist():
-                worst_case.setdefault(row["model"], Counter()).update(
-                    input_tokens=row["estimated_input_tokens_sum"],
-                    output_tokens=row["max_tokens_sum"],
-                )
-            # Group reasons by their kind (the text before any detail) for a readable summary.
-            reasons.update(r.split(" (")[0] for r in bad.column("reason").to_pylist())
+        return BuildPlan(fingerprint, [], BuildSummary.model_validate(built))
+    return BuildPlan(fingerprint, layout.names("documents", ".parquet"))
+
+
+def build_part(layout: OutputLayout, job: JobConfig, models: ModelTable, name: str) -> BuiltPart:
+    """Render staged part ``name`` into the ``manifest/`` and ``invalid/`` parts of that name.
+
+    Custom_ids need checking within a part only: the load step left one valid document per
+    doc_id, and a custom_id hashes its doc_id.
+    """
+    manifest, bad = build_shard(read_staged(layout, name), job, set(), models)
+    layout.write_table("manifest", name, manifest)
+    layout.write_table("invalid", name, bad)
+    sums = manifest.group_by("model").aggregate(
+        [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
+    )
+    return BuiltPart(
+        requests=manifest.num_rows,
+        invalid=bad.num_rows,
+        request_bytes=pc.sum(manifest.column("request_bytes")).as_py() or 0,
+        estimated_input_tokens=pc.sum(manifest.column("estimated_input_tokens")).as_py() or 0,
+        worst_case={
+            row["model"]: {
+                "input_tokens": row["estimated_input_tokens_sum"],
+                "output_tokens": row["max_tokens_sum"],
+            }
+            for row in sums.to_pylist()
+        },
+        # Grouped by their kind (the text before any detail) for a readable summary.
+        invalid_reasons=Counter(r.split(" (")[0] for r in bad.column("reason").to_pylist()),
+    )
+
+
+def finish_build(layout: OutputLayout, plan: BuildPlan, parts: list[BuiltPart]) -> BuildSummary:
+    """Add the parts up, drop parts of earlier runs, and stamp the manifest."""
+    if plan.built is not None:
+        return plan.built
     for area in ("manifest", "invalid"):
-        remove_parts_from(layout, area, len(names))
+        remove_other_parts(layout, area, set(plan.parts))
+    worst_case: dict[str, Counter[str]] = {}
+    reasons: Counter[str] = Counter()
+    for part in parts:
+        for model, totals in part.worst_case.items():
+            worst_case.setdefault(model, Counter()).update(totals)
+        reasons.update(part.invalid_reasons)
     costs = {m: cost_usd(m, Usage(**totals)) for m, totals in worst_case.items()}
     unpriced = sorted(m for m, cost in costs.items() if cost is None)
     for model in unpriced:
@@ -307,18 +332,30 @@ def build_manifest(
             prices_file(),
         )
     summary = BuildSummary(
-        fingerprint=fingerprint,
-        requests=requests,
-        invalid=invalid,
-        request_bytes=nbytes,
-        estimated_input_tokens=tokens,
+        fingerprint=plan.fingerprint,
+        requests=sum(p.requests for p in parts),
+        invalid=sum(p.invalid for p in parts),
+        request_bytes=sum(p.request_bytes for p in parts),
+        estimated_input_tokens=sum(p.estimated_input_tokens for p in parts),
         worst_case_cost_usd=None if unpriced else sum(c or 0.0 for c in costs.values()),
         invalid_reasons=dict(reasons),
         unpriced_models=unpriced,
     )
-    write_stamp(layout, ("manifest", "invalid"), fingerprint, summary)
+    write_stamp(layout, ("manifest", "invalid"), plan.fingerprint, summary)
     failpoint("build.done")
     return summary
+
+
+def build_manifest(
+    layout: OutputLayout, job: JobConfig, source_fingerprint: str, models: ModelTable
+) -> BuildSummary:
+    """Render every staged document into ``manifest/`` and ``invalid/`` parts, in this process.
+
+    The flow runs the same steps as tasks, the parts mapped over its task runner's workers.
+    """
+    plan = plan_build(layout, job, source_fingerprint, models)
+    parts = [build_part(layout, job, models, name) for name in plan.parts]
+    return finish_build(layout, plan, parts)
 
 
 class BudgetExceeded(ConfigError):

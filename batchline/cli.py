@@ -1,167 +1,180 @@
 """The `batchline` command: run the pipeline, run the demo, a local Prefect server, the emulator.
 
-This is the console surface, so it is the one place that prints. Prefect is imported lazily, only
-by the commands that run a flow, so `batchline emulator` and `--help` start fast, and only after
-`batchline.prefect_server` has chosen the Prefect API the run uses.
+This is the console surface, so it is the one place that prints. Its parser is cyclopts, Prefect's
+own CLI library. `batchline run` is built from the signature and docstring of the flow itself
+(``flow_command``): each option's name, type, default and help are the flow parameter's, written
+once in flows/pipeline.py, where Prefect's UI form reads them too. Prefect is imported only by
+the commands that run a flow, so `batchline --help`, `server` and `emulator` start fast, and only
+after `batchline.prefect_server` has chosen the Prefect API the run uses (Prefect reads its
+settings once, when imported): a `batchline run` is parsed inside ``prefect_api``.
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
+from cyclopts import App, CycloptsError, Parameter
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
 from batchline import prefect_server
-from batchline.config import DEFAULT_MODEL
 from batchline.prefect_server import PrefectApi, ServerError
 
 if TYPE_CHECKING:
+    from prefect import Flow
+
     from batchline.build import BuildSummary
     from batchline.write import RunSummary
     from flows.interrupt import CtrlC
 
-console = Console()
+# soft_wrap: a refusal is one line however narrow the terminal (or 80 columns when piped).
+console = Console(soft_wrap=True)
 
 DEMO_OUTPUT = "batchline-demo-out"
 STRUCTURED_DEMO_OUTPUT = "batchline-demo-structured-out"
+HELP_FLAGS = ("--help", "-h")
+RUN_HELP = "Run the pipeline over a folder or file of documents."
+# Flow parameters that mean nothing to a run from the command line, which never suspends.
+NOT_ON_THE_COMMAND_LINE = frozenset({"suspend_after_seconds"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args_list = sys.argv[1:] if argv is None else argv
-    if args_list[:1] == ["emulator"]:
-        from batchline.emulator.cli import main as emulator_main
-
-        return emulator_main(args_list[1:])
-    parser = _parser()
-    args = parser.parse_args(args_list)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    if args.command not in ("run", "demo"):
-        return int(args.handler(args))
+    tokens = sys.argv[1:] if argv is None else argv
     try:
-        with prefect_api(demo=args.command == "demo"):
-            return int(args.handler(args))
+        if tokens[:1] != ["run"]:
+            return _call(_app(), tokens)
+        if any(flag in tokens for flag in HELP_FLAGS):
+            return _call(_app(run_command()), tokens)
+        with prefect_api() as ready:
+            return _call(_app(run_command()), tokens, before=ready)
+    except CycloptsError:  # the error formatter has printed its line
+        return 2
     except ServerError as exc:
         console.print(f"[bold red]batchline: {exc}[/]")
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="batchline", description="Bulk LLM work through Anthropic's Message Batches API."
+def _app(run: Callable[..., int] | None = None) -> App:
+    """The command line; ``run`` is `batchline run`, which only its own invocations build."""
+    app = App(
+        name="batchline",
+        help="Bulk LLM work through Anthropic's Message Batches API.",
+        help_flags=HELP_FLAGS,
+        version_flags=(),
+        # Flags as they always were: --dry-run, no --no-dry-run.
+        default_parameter=Parameter(negative=()),
+        console=console,
+        error_formatter=lambda error: f"[bold red]batchline: {escape(str(error))}[/]",
+        exit_on_error=False,
     )
-    commands = parser.add_subparsers(dest="command")
-
-    run = commands.add_parser("run", help="run the pipeline over a folder or file of documents")
-    run.add_argument("source", help="folder of .txt/.md, or .jsonl/.csv/.parquet; local or s3://")
-    run.add_argument("--output", required=True, help="output root, local or s3://")
-    _add_job_arguments(run)
-    run.add_argument("--dry-run", action="store_true", help="build and price, submit nothing")
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="reuse an output that belongs to another source (its results are replaced)",
-    )
-    run.set_defaults(handler=_run)
-
-    demo = commands.add_parser(
-        "demo", help="run the pipeline on bundled documents against the bundled emulator"
-    )
-    demo.add_argument(
-        "--output",
-        default=None,
-        help=f"output root (default {DEMO_OUTPUT}, or {STRUCTURED_DEMO_OUTPUT} with --structured)",
-    )
-    demo.add_argument(
-        "--structured",
-        action="store_true",
-        help="classify bundled support tickets into typed columns (structured outputs)",
-    )
-    demo.set_defaults(handler=_demo)
-
-    server = commands.add_parser(
-        "server", help="a local Prefect server with its UI, used by runs while it is up"
-    )
-    server.add_argument("action", choices=["start", "stop", "status"])
-    server.add_argument(
-        "--port", type=int, default=prefect_server.DEFAULT_PORT, help="for start: UI and API port"
-    )
-    server.set_defaults(handler=_server)
-
-    commands.add_parser("emulator", help="serve the Message Batches API emulator (see --help)")
-    return parser
+    if run is None:  # listed with its help; `batchline run` itself builds the app with it
+        app.command(App(name="run", help=RUN_HELP))
+    else:
+        app.command(run, name="run", help=RUN_HELP)
+    app.command(demo)
+    app.command(server)
+    # Everything after `emulator` is the emulator's own, --help included.
+    app.command(emulator, help_flags=())
+    return app
 
 
-def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument(
-        "--template", default="{text}", help="user message, e.g. 'Summarize: {text}'"
-    )
-    parser.add_argument("--system", default=None, help="system prompt (sent with cache_control)")
-    parser.add_argument("--max-attempts", type=int, default=3)
-    parser.add_argument(
-        "--output-schema",
-        default=None,
-        metavar="FILE.json",
-        help="JSON Schema every reply must match; its fields become typed columns",
-    )
-    parser.add_argument(
-        "--output-model",
-        default=None,
-        metavar="package.module:Model",
-        help="a Pydantic model giving that schema, instead of --output-schema",
-    )
-    parser.add_argument(
-        "--retry-invalid-output",
-        action="store_true",
-        help="resubmit replies that did not parse or match the schema (they are paid for)",
-    )
-    parser.add_argument("--poll-interval", type=float, default=10.0, help="first poll wait, s")
-    parser.add_argument("--max-poll-interval", type=float, default=300.0)
-    parser.add_argument("--max-cost-usd", type=float, default=None)
-    parser.add_argument("--id-column", default="id")
-    parser.add_argument("--text-column", default="text")
-    for name, field in (
-        ("model", "model"),
-        ("max-tokens", "max_tokens"),
-        ("system", "system"),
-        ("temperature", "temperature"),
-    ):
-        parser.add_argument(
-            f"--{name}-column",
-            default=field,
-            help=f"column of tabular sources overriding a row's {field} (default {field})",
+def _call(app: App, tokens: list[str], before: Callable[[], None] = lambda: None) -> int:
+    """Parse ``tokens`` (a typo ends here, before any wait), call ``before``, run the command."""
+    if not tokens:
+        app.help_print([])
+        return 2
+    command, bound, _ = app.parse_args(tokens)
+    before()
+    result = command(*bound.args, **bound.kwargs)
+    return 0 if result is None else int(result)  # help prints and returns None
+
+
+def run_command() -> Callable[..., int]:
+    """`batchline run`: building it imports the flow, so Prefect."""
+    from flows.pipeline import batch_pipeline
+
+    return flow_command(batch_pipeline)
+
+
+def flow_command(flow: Flow[..., Any]) -> Callable[..., int]:
+    """`batchline run` for ``flow``: its first parameter the argument, the others options.
+
+    Each option has the parameter's name (``max_tokens`` is ``--max-tokens``), type, default and
+    the help its docstring's ``Args:`` gives, parsed as Prefect parses it for the UI's form. The
+    options of the command line itself follow, from ``run_flow``'s signature the same way.
+    """
+    first, *rest = (p for p in _options(flow.fn) if p.name not in NOT_ON_THE_COMMAND_LINE)
+    own = [p for p in _options(run_flow) if p.name != "parameters"]
+    parameters = [first.replace(kind=inspect.Parameter.POSITIONAL_ONLY), *rest, *own]
+
+    def run(*arguments: Any, **options: Any) -> int:
+        # Only what was given: the flow and run_flow apply their own defaults to the rest.
+        given = {p.name: options.pop(p.name) for p in own if p.name in options}
+        return run_flow(dict(zip([first.name], arguments, strict=True)) | options, **given)
+
+    run.__signature__ = inspect.Signature(parameters, return_annotation=int)  # type: ignore[attr-defined]
+    # cyclopts reads the types with typing.get_type_hints, which reads __annotations__.
+    run.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": int}
+    run.__doc__ = RUN_HELP
+    return run
+
+
+def _options(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    """``fn``'s parameters as keyword-only options, each with its docstring's help.
+
+    A parameter that takes a str among other types takes the str (``--output-schema`` a path).
+    """
+    from prefect.utilities.callables import parameter_docstrings
+
+    docs = parameter_docstrings(inspect.getdoc(fn))
+    return [
+        p.replace(
+            kind=inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[
+                _command_line_type(p.annotation),
+                Parameter(help=" ".join(docs.get(p.name, "").split())),
+            ],
         )
-    parser.add_argument("--shard-size", type=int, default=10_000)
-    parser.add_argument(
-        "--batch-size", type=int, default=100_000, help="requests per batch, at most 100,000"
-    )
-    parser.add_argument(
-        "--max-batches-in-flight",
-        type=int,
-        default=2,
-        help="batches submitted but not yet collected (the API queues 100k-500k requests by tier)",
-    )
-    parser.add_argument(
-        "--credentials-block", default=None, help="saved AnthropicCredentials block name"
-    )
+        for p in inspect.signature(fn, eval_str=True).parameters.values()
+    ]
 
 
-def _run(args: argparse.Namespace) -> int:
+def _command_line_type(annotation: Any) -> Any:
+    """``annotation``, or ``str`` (``str | None`` if optional) when it is a union taking a str."""
+    alternatives = get_args(annotation)
+    if get_origin(annotation) not in (Union, types.UnionType) or str not in alternatives:
+        return annotation
+    return str | None if type(None) in alternatives else str
+
+
+def run_flow(
+    parameters: dict[str, Any],
+    *,
+    force: bool = False,
+    dask: str | None = None,
+    dask_workers: int | None = None,
+) -> int:
+    """Run the pipeline and print its summary, or one line saying why not; the exit code.
+
+    Args:
+        parameters: The flow's parameters.
+        force: Reuse an output that belongs to another source (its results are replaced).
+        dask: Address of a running Dask scheduler (tcp://host:8786): the flow's tasks run on
+            its workers (flows/dask_pipeline.py).
+        dask_workers: Run the flow's tasks on a new local Dask cluster of this many processes.
+    """
     from pydantic import ValidationError
 
     from batchline.config import ConfigError, RunError
@@ -171,36 +184,15 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import batch_pipeline
 
     ctrl_c = CtrlC()
+    output = parameters["output"]
     try:
-        if args.force:
-            release_output(OutputLayout(args.output))
+        flow = batch_pipeline
+        if dask is not None or dask_workers is not None:
+            flow = _on_dask(dask, dask_workers)
+        if force:
+            release_output(OutputLayout(output))
         with on_ctrl_c(ctrl_c), live_status(), quiet_refusals():
-            result = batch_pipeline(
-                source=args.source,
-                output=args.output,
-                model=args.model,
-                max_tokens=args.max_tokens,
-                template=args.template,
-                system=args.system,
-                output_schema=args.output_schema,
-                output_model=args.output_model,
-                retry_invalid_output=args.retry_invalid_output,
-                max_attempts=args.max_attempts,
-                poll_interval=args.poll_interval,
-                max_poll_interval=args.max_poll_interval,
-                max_cost_usd=args.max_cost_usd,
-                dry_run=args.dry_run,
-                id_column=args.id_column,
-                text_column=args.text_column,
-                model_column=args.model_column,
-                max_tokens_column=args.max_tokens_column,
-                system_column=args.system_column,
-                temperature_column=args.temperature_column,
-                shard_size=args.shard_size,
-                batch_size=args.batch_size,
-                max_batches_in_flight=args.max_batches_in_flight,
-                credentials_block=args.credentials_block,
-            )
+            result = flow(**parameters)
     except (ConfigError, ValidationError) as exc:
         console.print(f"[bold red]batchline: {escape(one_line(exc))}[/]")
         return 2
@@ -208,9 +200,23 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[bold red]batchline: the run stopped: {exc}[/]")
         return 1
     except KeyboardInterrupt:
-        return _interrupted(args.output, ctrl_c)
+        return _interrupted(output, ctrl_c)
     _print_result(result)
     return 0
+
+
+def _on_dask(address: str | None, workers: int | None) -> Flow[..., RunSummary | BuildSummary]:
+    from batchline.config import ConfigError
+    from flows.dask_pipeline import distributed_pipeline
+
+    if address is not None and workers is not None:
+        raise ConfigError(
+            "--dask-workers sizes a new local cluster; with --dask ADDRESS the scheduler's "
+            "workers run the tasks: give one of the two"
+        )
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--dask-workers {workers}: give at least 1")
+    return distributed_pipeline(address, 2 if workers is None else workers)
 
 
 def _interrupted(output: str, ctrl_c: CtrlC) -> int:
@@ -284,7 +290,14 @@ def live_status() -> Iterator[None]:
                 console_handler.setLevel(level)
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(*, output: str | None = None, structured: bool = False) -> int:
+    """Run the pipeline on bundled documents against the bundled emulator.
+
+    Args:
+        output: Output root; by default batchline-demo-out, or batchline-demo-structured-out
+            with --structured.
+        structured: Classify bundled support tickets into typed columns (structured outputs).
+    """
     from batchline.emulator import Emulator, EmulatorConfig
 
     # Faults on, so the demo shows retries of overloaded and expired requests at work (and, with
@@ -296,56 +309,70 @@ def _demo(args: argparse.Namespace) -> int:
         expire_rate=0.05,
         output_fault_rates={"truncated": 0.1, "mismatched": 0.1},
     )
-    output = args.output or (STRUCTURED_DEMO_OUTPUT if args.structured else DEMO_OUTPUT)
-    if args.structured:
+    output = output or (STRUCTURED_DEMO_OUTPUT if structured else DEMO_OUTPUT)
+    job: dict[str, Any]
+    if structured:
         source = str(resources.files("batchline").joinpath("data/support-tickets"))
-        job = [
-            "--template",
-            "Classify this support ticket by category, sentiment and urgency:\n\n{text}",
-            "--output-schema",
-            str(resources.files("batchline").joinpath("data/ticket-schema.json")),
-            "--retry-invalid-output",
-        ]
+        job = {
+            "template": (
+                "Classify this support ticket by category, sentiment and urgency:\n\n{text}"
+            ),
+            "output_schema": str(resources.files("batchline").joinpath("data/ticket-schema.json")),
+            "retry_invalid_output": True,
+        }
     else:
         source = demo_documents()
-        job = ["--template", "Summarize in one sentence: {text}", "--system", demo_system_prompt()]
-    with Emulator(config) as emulator:
+        job = {"template": "Summarize in one sentence: {text}", "system": demo_system_prompt()}
+    with prefect_api(demo=True) as ready, Emulator(config) as emulator:
+        ready()
         # The demo never talks to the real API: the emulator's URL and a throwaway key are set
         # for this process only.
         os.environ["ANTHROPIC_BASE_URL"] = emulator.base_url
         os.environ["ANTHROPIC_API_KEY"] = "demo-key-for-the-local-emulator"
         console.print(f"emulator at {emulator.base_url}; documents: {source}")
-        run = ["run", source, "--output", output, *job]
-        code = _run(
-            _parser().parse_args([*run, "--poll-interval", "0.5", "--max-poll-interval", "2"])
+        code = run_flow(
+            {
+                "source": source,
+                "output": output,
+                **job,
+                "poll_interval": 0.5,
+                "max_poll_interval": 2,
+            }
         )
-        if code == 0 and args.structured:
+        if code == 0 and structured:
             _print_typed_columns(output)
         return code
 
 
 @contextmanager
-def prefect_api(demo: bool = False) -> Iterator[PrefectApi]:
+def prefect_api(demo: bool = False) -> Iterator[Callable[[], None]]:
     """The Prefect API of a run, chosen before Prefect is imported (batchline/prefect_server.py).
 
-    With the local server up the run's UI address is printed when the run starts and ends.
+    Yields a call that waits until that API answers: the caller parses its command line first,
+    so that a typo is reported at once. With the local server up the run's UI address is printed
+    when the run starts and ends.
     """
     api = prefect_server.choose_api()
-    if api.prepares_database:
-        _say_preparing(api.home)
+    preparing = api.prepares_database
     watch = prefect_server.FlowRunWatch(lambda run_id: _print_run_page(api, run_id))
-    with prefect_server.using(api) as ready:
+    with prefect_server.using(api) as server_ready:
         import flows.pipeline  # noqa: F401  (Prefect's import overlaps its server's start)
 
-        try:
-            ready()
-        except (RuntimeError, TimeoutError) as exc:
-            log = api.home / prefect_server.RUN_SERVER_LOG
-            raise ServerError(f"Prefect's server did not start ({exc}); its log: {log}") from exc
+        def ready() -> None:
+            if preparing:
+                _say_preparing(api.home)
+            try:
+                server_ready()
+            except (RuntimeError, TimeoutError) as exc:
+                log = api.home / prefect_server.RUN_SERVER_LOG
+                raise ServerError(
+                    f"Prefect's server did not start ({exc}); its log: {log}"
+                ) from exc
+
         # After the import: Prefect's logging set-up replaces the handlers of its loggers.
         with watch.watching():
             try:
-                yield api
+                yield ready
             finally:
                 _flush_to_server()
                 if watch.flow_run_id is not None:
@@ -378,14 +405,22 @@ def _flush_to_server() -> None:
     EventsWorker.drain_all(timeout=10)
 
 
-def _server(args: argparse.Namespace) -> int:
+def server(
+    action: Literal["start", "stop", "status"], /, *, port: int = prefect_server.DEFAULT_PORT
+) -> int:
+    """A local Prefect server with its UI, used by runs while it is up.
+
+    Args:
+        action: start it in the background (idempotent), stop it, or say where it runs.
+        port: For start: the UI's and API's port.
+    """
     home = prefect_server.prefect_home()
-    match args.action:
+    match action:
         case "start":
             if prefect_server.running_server(home) is None and prefect_server.is_new_home(home):
                 _say_preparing(home)
             try:
-                server, started = prefect_server.start_server(home, args.port)
+                server, started = prefect_server.start_server(home, port)
             except ServerError as exc:
                 console.print(f"[bold red]batchline: {exc}[/]")
                 return 2
@@ -412,6 +447,13 @@ def _server(args: argparse.Namespace) -> int:
                 return 1
             console.print(f"Prefect server running: {running.ui_url}  (API {running.api_url})")
     return 0
+
+
+def emulator(*argv: Annotated[str, Parameter(allow_leading_hyphen=True)]) -> int:
+    """Serve the Message Batches API emulator (batchline emulator --help for its options)."""
+    from batchline.emulator.cli import main as emulator_main
+
+    return emulator_main(list(argv))
 
 
 def demo_system_prompt() -> str:

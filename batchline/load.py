@@ -30,8 +30,9 @@ from batchline.storage import (
     OutputLayout,
     filesystem,
     part_name,
-    remove_parts_from,
+    remove_other_parts,
     reuse_or_restamp,
+    stamped_summary,
     write_stamp,
 )
 
@@ -44,6 +45,7 @@ TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 NAMED_UNREAD = 5
 # Bytes of text documents fetched at once: many requests in flight, in bounded memory.
 READ_AHEAD_BYTES = 64 << 20
+DUPLICATE = "duplicate doc_id"
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,13 @@ def source_fingerprint(source: str, options: SourceOptions) -> str:
     clock) must still be seen. Object stores give a content hash (ETag, md5, crc) with the
     listing; local files are read and hashed.
     """
+    return _fingerprint(source, scan_source(source), options)
+
+
+def _fingerprint(source: str, listing: SourceListing, options: SourceOptions) -> str:
     fs, _ = filesystem(source)
     digest = hashlib.sha256(options.model_dump_json().encode())
-    for entry in scan_source(source).entries:
+    for entry in listing.entries:
         # An entry that cannot be read is an invalid row of the load step, not a failed run:
         # its reason stands in for its content.
         content = entry.problem or entry.stored_hash
@@ -213,32 +219,20 @@ def _hash_bytes(fs: Any, path: str) -> str:
     return digest.hexdigest()
 
 
-def iter_shards(source: str, options: SourceOptions) -> Iterator[list[Document]]:
-    """Documents of a source in shards of ``options.shard_size``, duplicates marked invalid."""
-    with SeenIds() as seen:
-        shard: list[Document] = []
-        for doc in _iter_documents(source, options):
-            shard.append(doc)
-            if len(shard) >= options.shard_size:
-                yield _mark_duplicates(shard, seen)
-                shard = []
-        if shard:
-            yield _mark_duplicates(shard, seen)
+@dataclass(frozen=True)
+class LoadShard:
+    """Files of the source that one load task reads: at most a shard of them, in bounded bytes."""
+
+    index: int
+    entries: list[SourceEntry]
 
 
-def _mark_duplicates(shard: list[Document], seen: SeenIds) -> list[Document]:
-    """The shard with every valid document whose doc_id came earlier made invalid."""
-    valid = [d for d in shard if d.invalid_reason is None]
-    first = dict(zip(map(id, valid), seen.first_seen([d.doc_id for d in valid]), strict=True))
-    return [
-        d if first.get(id(d), True) else Document(d.doc_id, None, invalid_reason="duplicate doc_id")
-        for d in shard
-    ]
+def plan_shards(source: str, options: SourceOptions) -> list[LoadShard]:
+    """The source's readable files cut into load shards, in the order their documents keep."""
+    return _shards(scan_source(source), options)
 
 
-def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
-    fs, _ = filesystem(source)
-    listing = scan_source(source)
+def _shards(listing: SourceListing, options: SourceOptions) -> list[LoadShard]:
     if listing.unread:
         log.warning(
             "%d files not read (hidden, or not %s): %s%s",
@@ -247,13 +241,52 @@ def _iter_documents(source: str, options: SourceOptions) -> Iterator[Document]:
             ", ".join(listing.unread[:NAMED_UNREAD]),
             ", ..." if len(listing.unread) > NAMED_UNREAD else "",
         )
-    for group in _read_groups(listing.entries, options):
-        texts = [e for e in group if e.problem is None and _has_suffix(e.path, TEXT_SUFFIXES)]
-        heads = dict(
-            zip(texts, _read_heads(fs, texts, options.max_document_bytes + 1), strict=True)
-        )
-        for entry in group:
-            yield from _entry_documents(fs, entry, heads.get(entry), options)
+    return [LoadShard(i, group) for i, group in enumerate(_read_groups(listing.entries, options))]
+
+
+def iter_shards(source: str, options: SourceOptions) -> Iterator[list[Document]]:
+    """Documents of a source in shards of ``options.shard_size``, duplicates marked invalid."""
+    fs, _ = filesystem(source)
+    with SeenIds() as seen:
+        for shard in plan_shards(source, options):
+            for piece in _pieces(shard_documents(fs, shard, options), options.shard_size):
+                repeats = repeated_ids(
+                    [d.doc_id if d.invalid_reason is None else None for d in piece], seen
+                )
+                yield [_as_duplicate(d) if r else d for d, r in zip(piece, repeats, strict=True)]
+
+
+def repeated_ids(ids: Iterable[str | None], seen: SeenIds) -> list[bool]:
+    """Which ``ids`` (None: not a valid document) were in ``seen`` or came before; adds the rest.
+
+    The first document with an id wins, in source order, across every shard ``seen`` spans.
+    """
+    listed = list(ids)
+    first = iter(seen.first_seen([doc_id for doc_id in listed if doc_id is not None]))
+    return [doc_id is not None and not next(first) for doc_id in listed]
+
+
+def _as_duplicate(doc: Document) -> Document:
+    return Document(doc.doc_id, None, invalid_reason=DUPLICATE)
+
+
+def _pieces(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    piece: list[Document] = []
+    for doc in docs:
+        piece.append(doc)
+        if len(piece) >= size:
+            yield piece
+            piece = []
+    if piece:
+        yield piece
+
+
+def shard_documents(fs: Any, shard: LoadShard, options: SourceOptions) -> Iterator[Document]:
+    """The documents of one load shard's files, duplicates not yet marked."""
+    texts = [e for e in shard.entries if e.problem is None and _has_suffix(e.path, TEXT_SUFFIXES)]
+    heads = dict(zip(texts, _read_heads(fs, texts, options.max_document_bytes + 1), strict=True))
+    for entry in shard.entries:
+        yield from _entry_documents(fs, entry, heads.get(entry), options)
 
 
 def _read_groups(entries: list[SourceEntry], options: SourceOptions) -> Iterator[list[SourceEntry]]:
@@ -428,37 +461,124 @@ class LoadSummary(BaseModel):
     invalid: int
 
 
-def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -> LoadSummary:
-    """Read the source once into ``documents/part-NNNNN.parquet``; later steps read only those.
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading a source takes: its fingerprint, and its shards unless already staged."""
+
+    fingerprint: str
+    shards: list[LoadShard]
+    staged: LoadSummary | None = None
+
+
+class StagedShard(BaseModel):
+    """The parts one load shard wrote, and what they hold."""
+
+    parts: list[str]
+    documents: int
+    invalid: int
+
+
+def plan_load(source: str, layout: OutputLayout, options: SourceOptions) -> LoadPlan:
+    """The shards to read, or none when the staged parts already answer this source's content.
+
+    A stale stamp is dropped here, before any shard rewrites a part.
+    """
+    listing = scan_source(source)
+    fingerprint = _fingerprint(source, listing, options)
+    if (staged := reuse_or_restamp(layout, "documents", fingerprint)) is not None:
+        return LoadPlan(fingerprint, [], LoadSummary.model_validate(staged))
+    return LoadPlan(fingerprint, _shards(listing, options))
+
+
+def stage_shard(
+    source: str, layout: OutputLayout, options: SourceOptions, shard: LoadShard
+) -> StagedShard:
+    """Read one shard's files into ``documents/part-SSSSS-PPPPP.parquet``, shard_size rows each.
+
+    Runs anywhere the source and output are reachable (a Dask worker): it reads only its files.
+    """
+    fs, _ = filesystem(source)
+    parts: list[str] = []
+    documents = invalid = 0
+    for piece in _pieces(shard_documents(fs, shard, options), options.shard_size):
+        name = part_name(shard.index, len(parts))
+        layout.write_table("documents", name, schemas.table(_rows(piece), schemas.DOCUMENTS))
+        parts.append(name)
+        documents += len(piece)
+        invalid += sum(d.invalid_reason is not None for d in piece)
+    return StagedShard(parts=parts, documents=documents, invalid=invalid)
+
+
+def _rows(docs: list[Document]) -> list[dict[str, Any]]:
+    return [
+        {
+            "doc_id": d.doc_id,
+            "text": d.text,
+            "fields_json": orjson.dumps(d.fields).decode() if d.fields else None,
+            "invalid_reason": d.invalid_reason,
+        }
+        for d in docs
+    ]
+
+
+def finish_load(layout: OutputLayout, fingerprint: str, staged: list[StagedShard]) -> LoadSummary:
+    """Mark ids repeated across shards, drop parts of earlier runs, and stamp the documents.
 
     Parts from an earlier, larger run of the same output are removed so they cannot resurface.
-    When the staged parts already answer this source's content, they are kept as they are.
+    When the stamp already answers ``fingerprint`` (the plan found nothing to read), its
+    summary is the answer.
     """
-    fingerprint = source_fingerprint(source, options)
-    if (staged := reuse_or_restamp(layout, "documents", fingerprint)) is not None:
-        return LoadSummary.model_validate(staged)
-    shards = documents = invalid = 0
-    for shard in iter_shards(source, options):
-        rows = [
-            {
-                "doc_id": d.doc_id,
-                "text": d.text,
-                "fields_json": orjson.dumps(d.fields).decode() if d.fields else None,
-                "invalid_reason": d.invalid_reason,
-            }
-            for d in shard
-        ]
-        layout.write_table("documents", part_name(shards), schemas.table(rows, schemas.DOCUMENTS))
-        shards += 1
-        documents += len(shard)
-        invalid += sum(d.invalid_reason is not None for d in shard)
-    remove_parts_from(layout, "documents", shards)
+    if (done := stamped_summary(layout, "documents", fingerprint)) is not None:
+        return LoadSummary.model_validate(done)
+    parts = [name for shard in staged for name in shard.parts]
+    duplicates = _mark_duplicates(layout, parts)
+    remove_other_parts(layout, "documents", set(parts))
     summary = LoadSummary(
-        fingerprint=fingerprint, shards=shards, documents=documents, invalid=invalid
+        fingerprint=fingerprint,
+        shards=len(parts),
+        documents=sum(s.documents for s in staged),
+        invalid=sum(s.invalid for s in staged) + duplicates,
     )
     write_stamp(layout, ("documents",), fingerprint, summary)
     failpoint("load.done")
     return summary
+
+
+def _mark_duplicates(layout: OutputLayout, parts: list[str]) -> int:
+    """Make every valid document whose id came earlier in ``parts`` invalid; how many there were.
+
+    Reads only the id columns; rewrites only the parts that hold a repeat.
+    """
+    seen = SeenIds()
+    marked = 0
+    for name in parts:
+        ids = layout.read_table("documents", name, columns=["doc_id", "invalid_reason"])
+        repeats = repeated_ids(
+            (
+                doc_id if reason is None else None
+                for doc_id, reason in zip(*(c.to_pylist() for c in ids.columns), strict=True)
+            ),
+            seen,
+        )
+        if not any(repeats):
+            continue
+        docs = [
+            _as_duplicate(d) if r else d
+            for d, r in zip(read_staged(layout, name), repeats, strict=True)
+        ]
+        layout.write_table("documents", name, schemas.table(_rows(docs), schemas.DOCUMENTS))
+        marked += sum(repeats)
+    return marked
+
+
+def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -> LoadSummary:
+    """Read the source once into ``documents/`` parts, shard after shard in this process.
+
+    The flow runs the same steps as tasks, the shards mapped over its task runner's workers.
+    """
+    plan = plan_load(source, layout, options)
+    staged = [stage_shard(source, layout, options, shard) for shard in plan.shards]
+    return finish_load(layout, plan.fingerprint, staged)
 
 
 def read_staged(layout: OutputLayout, name: str) -> list[Document]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
 
-from batchline import local
+from batchline import processes
 
 STATE_FILE = "batchline-server.json"
 SERVER_LOG = "batchline-server.log"
@@ -135,16 +135,16 @@ def using(api: PrefectApi) -> Iterator[Callable[[], None]]:
             yield lambda: None
         return
     api.home.mkdir(parents=True, exist_ok=True)
-    port = local.free_port()
+    port = processes.free_port()
     log = api.home / RUN_SERVER_LOG
     with contextlib.ExitStack() as starting:
         starting.enter_context(_startup_lock(api.home))
-        process = local.spawn_prefect_server(
+        process = processes.spawn_prefect_server(
             api.home, port, ui=False, log=log, settings=RUN_SERVER_SETTINGS, inherit=True, tied=True
         )
 
         def ready() -> None:
-            local.await_prefect_server(process, port, STARTUP_TIMEOUT, log)
+            processes.await_prefect_server(process, port, STARTUP_TIMEOUT, log)
             starting.close()
 
         try:
@@ -157,7 +157,7 @@ def using(api: PrefectApi) -> Iterator[Callable[[], None]]:
             ):
                 yield ready
         finally:
-            local.stop(process, grace=15)
+            processes.stop(process, grace=15)
 
 
 @contextlib.contextmanager
@@ -189,7 +189,7 @@ def _startup_lock(home: Path) -> Iterator[None]:
 def running_server(home: Path) -> LocalServer | None:
     """The local server recorded under ``home``, if its process lives and its API answers."""
     server = _recorded(home)
-    if server is None or not _is_ours(server.pid) or not local.healthy(server.api_url):
+    if server is None or not _is_ours(server.pid) or not processes.healthy(server.api_url):
         return None
     return server
 
@@ -207,13 +207,13 @@ def start_server(home: Path, port: int = DEFAULT_PORT) -> tuple[LocalServer, boo
         raise ServerError(f"port {port} is in use: choose another with --port")
     home.mkdir(parents=True, exist_ok=True)
     with _startup_lock(home):
-        process = local.spawn_prefect_server(
+        process = processes.spawn_prefect_server(
             home, port, ui=True, log=home / SERVER_LOG, settings=LOCAL_SERVER_SETTINGS, inherit=True
         )
         server = LocalServer(process.pid, f"http://127.0.0.1:{port}/api")
         (home / STATE_FILE).write_text(json.dumps({"pid": server.pid, "api_url": server.api_url}))
         try:
-            local.await_prefect_server(process, port, STARTUP_TIMEOUT, home / SERVER_LOG)
+            processes.await_prefect_server(process, port, STARTUP_TIMEOUT, home / SERVER_LOG)
         except BaseException:
             (home / STATE_FILE).unlink(missing_ok=True)
             raise
@@ -224,7 +224,7 @@ def stop_server(home: Path) -> LocalServer | None:
     """Stop the local server of ``home`` and everything it started; None if none was running."""
     server = _recorded(home)
     if server is not None and _is_ours(server.pid):
-        local.stop_groups([server.pid], grace=30)
+        processes.stop_groups([server.pid], grace=30)
     else:
         server = None
     (home / STATE_FILE).unlink(missing_ok=True)

@@ -184,15 +184,15 @@ def reuse_or_restamp(layout: OutputLayout, area: Area, inputs: str) -> dict[str,
     return summary
 
 
-def part_name(index: int) -> str:
-    """The file name of shard ``index``'s part, the same on every run."""
-    return f"part-{index:05d}.parquet"
+def part_name(shard: int, piece: int = 0) -> str:
+    """The file name of a shard's ``piece``-th part, the same on every run; sorts in order."""
+    return f"part-{shard:05d}-{piece:05d}.parquet"
 
 
-def remove_parts_from(layout: OutputLayout, area: Area, first_stale: int) -> None:
-    """Delete shard parts numbered ``first_stale`` and up, left by an earlier, larger run."""
+def remove_other_parts(layout: OutputLayout, area: Area, keep: set[str]) -> None:
+    """Delete the parts of ``area`` not in ``keep``: left by an earlier, larger run."""
     for name in layout.names(area, ".parquet"):
-        if name.startswith("part-") and int(name[5:10]) >= first_stale:
+        if name.startswith("part-") and name not in keep:
             layout.fs.rm(layout.path(area, name))
 
 

@@ -21,7 +21,9 @@ from typing import Any
 import anthropic
 import httpx2
 
-from batchline.local import emulator_process
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments.local import emulator_process
 
 
 def _memory_kib(pid: int) -> dict[str, int]:

@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batchline.local import emulator_process, prefect_server
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments.local import emulator_process, prefect_server
 
 # The seed loop sends everything in one batch, which holds at most 100,000 requests.
 SEED_LOOP_LIMIT = 100_000

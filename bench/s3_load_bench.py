@@ -11,6 +11,10 @@ Prints objects per second for each and the machine's load average, since the two
 On loopback a GET costs moto's CPU and no wait, so requests in flight gain little there; a real
 store answers each GET after a round trip. ``--latency-ms`` reads through a proxy that holds each
 request that long before passing it on, to show what that wait costs a serial loop.
+
+The last line is moto's own ceiling: the prefix read again by ``--clients`` processes at once,
+each with many GETs in flight. No loader can go faster than the server it reads from, so when
+that ceiling is under 20 times the serial rate, so is every loader's figure on this machine.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ProcessPoolExecutor
 
 import s3fs
 
 from batchline.config import SourceOptions
 from batchline.load import iter_shards
-from batchline.local import free_port
+from batchline.processes import free_port
 
 BUCKET = "batchline-bench"
 
@@ -88,12 +93,33 @@ def start_delaying_proxy(target_port: int, delay: float) -> int:
     return port
 
 
+def read_all(endpoint: str, paths: list[str]) -> int:
+    """GET every path with s3fs's batch of requests in flight; how many came back."""
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    return sum(len(body) > 0 for body in fs.cat(paths, batch_size=64).values())
+
+
+def server_ceiling(endpoint: str, paths: list[str], clients: int) -> float:
+    """Objects per second moto serves to ``clients`` processes reading ``paths`` at once."""
+    chunks = [paths[i::clients] for i in range(clients)]
+    with ProcessPoolExecutor(clients) as pool:
+        list(pool.map(read_all, [endpoint] * clients, [c[:10] for c in chunks]))  # warm up
+        started = time.perf_counter()
+        read = sum(pool.map(read_all, [endpoint] * clients, chunks))
+        seconds = time.perf_counter() - started
+    assert read == len(paths), (read, len(paths))
+    return read / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--bytes", type=int, default=500, help="Size of each object.")
     parser.add_argument(
         "--latency-ms", type=float, default=0, help="Wait added to each request on reading."
+    )
+    parser.add_argument(
+        "--clients", type=int, default=4, help="Processes reading at once for the ceiling."
     )
     args = parser.parse_args()
 
@@ -129,6 +155,7 @@ def main() -> None:
         shards = iter_shards(f"s3://{BUCKET}/docs", options)
         loaded = sum(d.invalid_reason is None for shard in shards for d in shard)
         batchline_seconds = time.perf_counter() - started
+        ceiling_rate = server_ceiling(endpoint, paths, args.clients)
         load_after = os.getloadavg()
     finally:
         server.terminate()
@@ -144,6 +171,10 @@ def main() -> None:
     print(
         f"batchline    {batchline_seconds:8.2f} s {batchline_rate:10,.0f} objects/s "
         f"({batchline_rate / serial_rate:.1f}x, iter_shards)"
+    )
+    print(
+        f"moto ceiling {'':8} {ceiling_rate:10,.0f} objects/s "
+        f"({ceiling_rate / serial_rate:.1f}x, {args.clients} processes, 64 GETs in flight each)"
     )
 
 

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from pipeline_bench import write_corpus
 
-from batchline.local import emulator_process, free_port
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments.local import emulator_process, free_port
 
 POLL = "0.5"
 FIRST_TASK = "Task run '"

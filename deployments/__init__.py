@@ -1,1 +1,2 @@
-"""Scripts that run batchline's deployments locally (see stack.py and docs/deployments.md)."""
+"""Running batchline locally: the stack (stack.py, docs/deployments.md) and the processes tests
+and benchmarks start (local.py). Not installed with the package."""

@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchline import local
-from batchline.local import free_port, stop, wait_for
+# Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments import local
+from deployments.local import free_port, stop, wait_for
 
 # What the integration tests start and stop their stack with.
 __all__ = [
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "batchline-process"
 # Flow runs in Pending or Running at once (a suspended run holds no slot), sized for two cores:
-# a pipeline run, the sentinel, and a backfill's parent (a light poller) with one of its days.
+# two pipeline runs (say two backfill days) and two short ones (a check, a backfill starting days).
 POOL_LIMIT = 4
 STATE = REPO / ".batchline-stack"
 # The emulator never checks keys; this one only keeps the SDK from refusing to start.
@@ -65,19 +67,24 @@ def spawn_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     return local.spawn_prefect_server(home, port, log=log, settings=settings, cwd=REPO)
 
 
-def create_pool(env: dict[str, str], limit: int = POOL_LIMIT) -> None:
+def create_pool(env: dict[str, str], limit: int = POOL_LIMIT, pool: str = POOL) -> None:
     """The process pool, starting at most ``limit`` flow runs at once.
 
     Set here rather than in prefect.yaml: its ``work_pool`` only names the pool a deployment uses
     (Prefect 3.9 ignores other keys there), and ``work-pool create`` takes no limit.
     """
-    prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
-    prefect(["work-pool", "set-concurrency-limit", POOL, str(limit)], env)
+    prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], env)
+    prefect(["work-pool", "set-concurrency-limit", pool, str(limit)], env)
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A process worker on the pool; each flow run becomes its own subprocess."""
-    return local.spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, log, REPO)
+def start_worker(
+    env: dict[str, str], log: Path, cwd: Path = REPO, pool: str = POOL
+) -> subprocess.Popen[bytes]:
+    """A process worker on ``pool``; each flow run becomes its own subprocess.
+
+    The flows come from the installed package, so ``cwd`` can be any folder.
+    """
+    return local.spawn([str(BIN / "prefect"), "worker", "start", "--pool", pool], env, log, cwd)
 
 
 def start_emulator(
@@ -88,10 +95,16 @@ def start_emulator(
     return local.start_emulator(*options, port=port, log=log)
 
 
-def deploy(env: dict[str, str], *names: str) -> None:
-    """`prefect deploy` from the repo root: every deployment of prefect.yaml, or the named ones."""
-    selection = [arg for name in names for arg in ("--name", name)] or ["--all"]
-    prefect(["--no-prompt", "deploy", *selection], env)
+def deploy(env: dict[str, str], project: str = "", pool: str = POOL) -> None:
+    """`prefect deploy --all` from the repo root, each deployment named ``project`` + flow name.
+
+    prefect.yaml reads the prefix from BATCHLINE_PROJECT (flows/names.py); without a project it
+    is left unset, as when someone types `prefect deploy --all`.
+    """
+    env = {k: v for k, v in env.items() if k != "BATCHLINE_PROJECT"}
+    if project:
+        env["BATCHLINE_PROJECT"] = project
+    prefect(["--no-prompt", "deploy", "--all", "--pool", pool], env)
 
 
 def prefect(args: list[str], env: dict[str, str]) -> None:
@@ -104,15 +117,16 @@ def prefect(args: list[str], env: dict[str, str]) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
-    STATE.mkdir(exist_ok=True)
-    pids_file = STATE / "pids.json"
+    state: Path = args.state
+    state.mkdir(parents=True, exist_ok=True)
+    pids_file = state / "pids.json"
     if running := _running(pids_file):
         print(
             f"a stack is already up ({', '.join(running)}): python deployments/stack.py down first",
             file=sys.stderr,
         )
         return 1
-    home = STATE / "prefect"
+    home = state / "prefect"
     home.mkdir(exist_ok=True)
     pids: dict[str, int] = {}
 
@@ -122,23 +136,24 @@ def up(args: argparse.Namespace) -> int:
         pids_file.write_text(json.dumps(pids))
 
     try:
-        log = STATE / "server.log"
+        log = state / "server.log"
         server = spawn_server(home, args.port, log)
         started("server", server)
         api_url = local.await_prefect_server(server, args.port, SERVER_TIMEOUT, log)
         env = client_env(api_url, home)
         if args.emulator:
             emulator, base_url = start_emulator(
-                STATE / "emulator.db",
-                STATE / "emulator.log",
+                state / "emulator.db",
+                state / "emulator.log",
                 args.processing_seconds,
                 args.emulator_port,
             )
             started("emulator", emulator)
             env |= {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": EMULATOR_KEY}
-        create_pool(env, args.pool_limit)
-        started("worker", start_worker(env, STATE / "worker.log"))
-        deploy(env)
+        pool = args.project + POOL
+        create_pool(env, args.pool_limit, pool)
+        started("worker", start_worker(env, state / "worker.log", pool=pool))
+        deploy(env, args.project, pool)
     except BaseException:
         # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
         local.stop_groups(list(pids.values()))
@@ -146,8 +161,9 @@ def up(args: argparse.Namespace) -> int:
         raise
     print(f"Prefect UI: http://127.0.0.1:{args.port}   (API {api_url})")
     if args.emulator:
-        print(f"emulator: {base_url}   (state in {STATE / 'emulator.db'})")
-    print(f"logs: {STATE}/*.log   stop with: python deployments/stack.py down")
+        print(f"emulator: {base_url}   (state in {state / 'emulator.db'})")
+    where = "" if state == STATE else f" --state {state}"
+    print(f"logs: {state}/*.log   stop with: python deployments/stack.py down{where}")
     print("for prefect commands in another shell (prefect deployment run ...), first:")
     print(f"export PREFECT_API_URL={api_url}")
     return 0
@@ -164,8 +180,8 @@ def _running(pids_file: Path) -> list[str]:
     return alive
 
 
-def down(_: argparse.Namespace) -> int:
-    pids_file = STATE / "pids.json"
+def down(args: argparse.Namespace) -> int:
+    pids_file = args.state / "pids.json"
     if not pids_file.exists():
         print("no stack is up", file=sys.stderr)
         return 0
@@ -193,13 +209,27 @@ def main(argv: list[str] | None = None) -> int:
         help="flow runs the work pool starts at once (docs/deployments.md: how to size it)",
     )
     start.add_argument(
+        "--project",
+        default="",
+        help="prefix of every deployment and of the pool (acme- gives acme-batchline-pipeline), "
+        "so that two projects share one server",
+    )
+    start.add_argument(
         "--no-emulator",
         dest="emulator",
         action="store_false",
         help="use the real API: export ANTHROPIC_API_KEY or save an AnthropicCredentials block",
     )
     start.set_defaults(handler=up)
-    commands.add_parser("down", help="stop what `up` started").set_defaults(handler=down)
+    stop_parser = commands.add_parser("down", help="stop what `up` started")
+    stop_parser.set_defaults(handler=down)
+    for command in (start, stop_parser):
+        command.add_argument(
+            "--state",
+            type=Path,
+            default=STATE,
+            help=f"databases, logs and process ids (default {STATE})",
+        )
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

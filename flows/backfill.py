@@ -1,34 +1,38 @@
-"""Backfill: run the pipeline deployment once per dated partition, a few at a time.
+"""Backfill: start (or find) one pipeline run per dated partition, then return.
 
 Partition ``date`` reads ``source_template.format(date=date)`` and writes under
 ``output/date=YYYY-MM-DD``. A partition whose results are written and that has nothing left to
 submit is skipped, so a backfill can be started again over the same range to finish what failed.
-The pipeline runs are top-level runs (not subflows) so that each can suspend while its batches
-process; this flow only polls their states.
+The backfill does not wait for its days: each is a top-level pipeline run that suspends while its
+batches process and is resumed by its own checks, so no parent holds a process for days and a
+server restart strands nothing. The work pool's concurrency limit bounds how many run at once.
+
+A day's runs are keyed (deployment, output, n): the server returns the existing run for a key, so
+a rerun finds a day's run in progress instead of starting a second one; only when that run ended
+without completing the day does the next n start a new one.
 """
 
 from __future__ import annotations
 
 from datetime import date, timedelta
-from itertools import islice
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from batchline.config import ConfigError, JobConfig
 from batchline.storage import OutputLayout, join
 from batchline.submit import count_pending
+from flows.names import PIPELINE_FLOW, sibling_deployment
 from flows.tasks import job_config_for
 
-PIPELINE_DEPLOYMENT = "batchline-pipeline/batchline-pipeline"
+# A day whose runs all ended without completing it this many times needs a person, not a rerun.
+MAX_RUNS_PER_DAY = 20
 
 
 class Partition(BaseModel):
@@ -42,6 +46,7 @@ class PartitionOutcome(BaseModel):
     output: str
     state: str
     flow_run_id: UUID | None = None
+    flow_run_name: str | None = None
 
 
 @flow(name="batchline-backfill")
@@ -50,17 +55,16 @@ def backfill(
     output: str,
     start_date: date,
     end_date: date,
-    max_concurrent: int = 2,
     parameters: dict[str, Any] | None = None,
-    deployment: str = PIPELINE_DEPLOYMENT,
-    poll_interval: float = 30.0,
+    deployment: str | None = None,
 ) -> list[PartitionOutcome]:
-    """Run ``deployment`` for each day from ``start_date`` to ``end_date`` (inclusive).
+    """Start the pipeline for each day from ``start_date`` to ``end_date`` (inclusive) not done.
 
-    ``parameters`` go to every pipeline run (model, job_block, credentials_block...); at most
-    ``max_concurrent`` partitions run at once.
+    ``parameters`` go to every pipeline run (model, job_block, credentials_block...).
+    ``deployment`` defaults to the pipeline deployment of this backfill's own project.
     """
     settings = parameters or {}
+    target = deployment or sibling_deployment(PIPELINE_FLOW)
     partitions = plan_partitions(source_template, output, start_date, end_date)
     job = job_config_for(
         settings.get("job_block"),
@@ -68,33 +72,15 @@ def backfill(
     )
     outcomes = [
         PartitionOutcome(day=p.day, output=p.output, state="Skipped (complete)")
-        for p in partitions
         if partition_complete(p.output, job)
+        else start_partition(target, p, settings)
+        for p in partitions
     ]
-    skipped = {o.day for o in outcomes}
-    todo = iter([p for p in partitions if p.day not in skipped])
-    key = flow_run.id or "local"
-
-    def launch(batch: Any) -> list[PrefectFuture[PartitionOutcome]]:
-        return [run_partition.submit(deployment, p, settings, poll_interval, key) for p in batch]
-
-    running = launch(islice(todo, max(1, max_concurrent)))
-    while running:
-        done = next(as_completed(running))
-        running.remove(done)
-        outcomes.append(done.result())
-        running += launch(islice(todo, 1))
-    outcomes.sort(key=lambda o: o.day)
     create_table_artifact(
         [o.model_dump(mode="json") for o in outcomes],
         key="batchline-backfill",
         description=f"Backfill of {source_template} from {start_date} to {end_date}",
     )
-    failed = [o for o in outcomes if o.state not in ("Completed", "Skipped (complete)")]
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} partitions did not complete: {[str(o.day) for o in failed]}"
-        )
     return outcomes
 
 
@@ -124,30 +110,43 @@ def partition_complete(output: str, job: JobConfig) -> bool:
     return bool(layout.names("results", ".parquet")) and count_pending(layout, job) == 0
 
 
-@task(name="run-partition", task_run_name="partition-{partition.day}", cache_policy=NO_CACHE)
-def run_partition(
-    deployment: str,
-    partition: Partition,
-    parameters: dict[str, Any],
-    poll_interval: float,
-    backfill_key: str,
+@task(name="start-partition", task_run_name="partition-{partition.day}", cache_policy=NO_CACHE)
+def start_partition(
+    deployment: str, partition: Partition, parameters: dict[str, Any]
 ) -> PartitionOutcome:
-    """Run the pipeline deployment for one partition and wait for its final state.
+    """The day's pipeline run still in progress, or a new one; never a second one in progress.
 
-    The idempotency key makes a retried backfill task find its run instead of starting another.
+    Run n of a day has idempotency key (deployment, output, n): asking for it returns the run
+    that key already made, if any. The first key whose run has not ended (or did not exist) wins.
     """
-    run = run_deployment(
-        deployment,
-        parameters={**parameters, "source": partition.source, "output": partition.output},
-        flow_run_name=f"backfill-{partition.day:%Y-%m-%d}",
-        tags=["batchline-backfill"],
-        idempotency_key=f"{backfill_key}:{partition.output}",
-        poll_interval=poll_interval,
-        as_subflow=False,  # a subflow could not suspend while its batches process
-    )
-    assert isinstance(run, FlowRun)  # sync call: the run, not an awaitable
-    state = run.state.name if run.state else "Unknown"
-    get_run_logger().info("partition %s: run %s ended %s", partition.day, run.name, state)
-    return PartitionOutcome(
-        day=partition.day, output=partition.output, state=state, flow_run_id=run.id
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+    for n in range(MAX_RUNS_PER_DAY):
+        run = run_deployment(
+            deployment_id,
+            parameters={**parameters, "source": partition.source, "output": partition.output},
+            flow_run_name=f"backfill-{partition.day:%Y-%m-%d}" + (f"-{n}" if n else ""),
+            tags=["batchline-backfill"],
+            idempotency_key=f"{deployment_id}:{partition.output}:{n}",
+            timeout=0,
+            as_subflow=False,  # a subflow could not suspend while its batches process
+        )
+        assert isinstance(run, FlowRun)  # sync call: the run, not an awaitable
+        state = run.state.name if run.state else "Unknown"
+        if not (run.state and run.state.is_final()):
+            logger.info("partition %s: run %s is %s", partition.day, run.name, state)
+            return PartitionOutcome(
+                day=partition.day,
+                output=partition.output,
+                state=state,
+                flow_run_id=run.id,
+                flow_run_name=run.name,
+            )
+        logger.info(
+            "partition %s: run %s ended %s; starting another", partition.day, run.name, state
+        )
+    raise RuntimeError(
+        f"partition {partition.day}: {MAX_RUNS_PER_DAY} runs ended without completing it; "
+        f"look at their logs, fix the cause, then start the backfill again"
     )

@@ -15,13 +15,14 @@ from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchline.build import BuildSummary, check_submittable
 from batchline.collect import CollectedBatch
 from batchline.config import DEFAULT_MODEL, MAX_REQUESTS_PER_BATCH, JobConfig, SourceOptions
-from batchline.load import check_source_and_output
+from batchline.load import LoadSummary, check_source_and_output
 from batchline.lock import output_lock
-from batchline.models import check_run_model
+from batchline.models import ModelTable, check_run_model
 from batchline.report import artifact_key, results_link, summary_markdown
 from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
@@ -33,11 +34,15 @@ from flows.suspend import approve_spend, is_deployed, suspend_until_ended
 from flows.tasks import (
     Waited,
     build_requests,
+    build_requests_of,
     client_for,
     collect,
     job_config_for,
     load_documents,
+    load_shard,
     look_up_models,
+    plan_building,
+    plan_loading,
     submit,
     wait,
     write_parquet,
@@ -47,7 +52,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@flow(name="batchline-pipeline")
+# Mapped tasks run on threads of this process unless a cluster runs them (flows/dask_pipeline.py).
+# Prefect's default pool has no bound, so every load shard would be read at once; a few threads
+# keep memory to a few shards (each at most READ_AHEAD_BYTES fetched) and still fetch, build and
+# collect several at a time.
+LOCAL_THREADS = 4
+
+
+# TaskRunner is invariant in its future type, of which the thread pool's is a subclass.
+@flow(name="batchline-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_THREADS))  # type: ignore[arg-type]
 def batch_pipeline(
     source: str,
     output: str,
@@ -78,16 +91,47 @@ def batch_pipeline(
 ) -> RunSummary | BuildSummary:
     """Run every document of ``source`` through the Message Batches API into ``output``/results.
 
-    The API key comes from ``credentials_block`` (a saved AnthropicCredentials) or the
-    environment, never from a parameter. ``output_schema`` (a JSON Schema, or the path of a .json
-    file of one) or ``output_model`` (``package.module:Model``, a Pydantic model) asks every reply
-    for JSON of that shape, each top-level field a typed results column; replies that do not
-    match become ``invalid_output`` rows, resubmitted only with ``retry_invalid_output``.
-    ``job_block`` (a saved BatchJob) replaces model, max_tokens, template, system, the output
-    schema and max_attempts. In tabular sources, the ``*_column`` columns override the run's
-    model, max_tokens, system and temperature row by row. From a deployment, a run whose batches
-    are still processing after ``suspend_after_seconds`` suspends until the sentinel resumes it.
-    The run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses.
+    The API key comes from ``credentials_block`` or the environment, never from a parameter. A
+    run holds ``output``'s lock (batchline/lock.py): another run on it waits, then refuses. The
+    descriptions below are the UI's parameter form and `batchline run --help` alike.
+
+    Args:
+        source: Folder of .txt/.md files, or a .jsonl/.csv/.parquet file or folder of them;
+            local or s3://.
+        output: Output root, local or s3://; the results are at OUTPUT/results.
+        model: Model id, looked up through the Models API before anything is loaded.
+        max_tokens: max_tokens of every request, at most the model's limit.
+        template: User message, a format string over the document: {text}, {doc_id}, any
+            other column.
+        system: System prompt, sent with cache_control so the prompt cache takes it.
+        output_schema: JSON Schema every reply must match (a .json path, local or s3://, or
+            the schema itself); its top-level fields become typed results columns, and a reply
+            that does not match becomes an invalid_output row.
+        output_model: package.module:Model, a Pydantic model giving that schema, instead of
+            output_schema.
+        retry_invalid_output: Resubmit replies that did not parse or match the schema (each
+            attempt is paid for).
+        max_attempts: Submissions per request, counting the first; only retryable failures
+            are resubmitted.
+        poll_interval: First wait between polls of a batch, in seconds.
+        max_poll_interval: Cap of the polling backoff, in seconds.
+        max_cost_usd: Refuse to submit when the worst-case cost at batch prices is above this.
+        dry_run: Load, build and price the requests; submit nothing.
+        id_column: Column of tabular sources holding the document id.
+        text_column: Column of tabular sources holding the document text.
+        model_column: Column of tabular sources overriding a row's model.
+        max_tokens_column: Column of tabular sources overriding a row's max_tokens.
+        system_column: Column of tabular sources overriding a row's system prompt.
+        temperature_column: Column of tabular sources overriding a row's temperature.
+        shard_size: Documents per shard; bounds the memory of load and build.
+        batch_size: Requests per batch, at most 100,000 (and 256 MB, always enforced).
+        max_batches_in_flight: Batches submitted but not yet collected, at most.
+        credentials_block: Name of a saved AnthropicCredentials block, instead of the
+            environment's ANTHROPIC_API_KEY.
+        job_block: Name of a saved BatchJob block; replaces model, max_tokens, template,
+            system, the output schema and max_attempts.
+        suspend_after_seconds: From a deployment, a run whose batches still process after
+            this long suspends until they end.
     """
     job = job_config_for(
         job_block,
@@ -120,11 +164,9 @@ def batch_pipeline(
         storage = result_storage_for(layout)
         give_up_after = suspend_after_seconds if is_deployed() else None
 
-        loaded = load_documents.with_options(result_storage=storage)(source, layout.root, options)
+        loaded = load_source(source, layout.root, options, storage)
         models = look_up_models(layout.root, job, models, credentials_block)
-        built = build_requests.with_options(result_storage=storage)(
-            layout.root, job, loaded, models
-        )
+        built = build_manifest(layout.root, job, loaded, models, storage)
         if dry_run:
             check_submittable(built, job)
             get_run_logger().info("dry run: %s", built.model_dump_json())
@@ -142,6 +184,31 @@ def batch_pipeline(
         )
         publish_summary(layout.root, summary, job.max_attempts)
         return summary
+
+
+def load_source(source: str, output: str, options: SourceOptions, storage: str) -> LoadSummary:
+    """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
+    plan = plan_loading(source, output, options)
+    staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
+    # The futures themselves, not their results: the graph then shows each shard feeding in.
+    return load_documents.with_options(result_storage=storage)(
+        output,
+        plan.fingerprint,
+        staged,  # type: ignore[arg-type]
+    )
+
+
+def build_manifest(
+    output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable, storage: str
+) -> BuildSummary:
+    """plan → one build task per staged part, over the workers → sum up, stamp."""
+    plan = plan_building(output, job, loaded, models)
+    parts = build_requests_of.map(unmapped(output), unmapped(job), unmapped(models), plan.parts)
+    return build_requests.with_options(result_storage=storage)(
+        output,
+        plan,
+        parts,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)
@@ -206,7 +273,8 @@ def retry_failed(run: Rounds) -> Done:
 def on_this_task_runner(subflow: Flow[P, R]) -> Flow[P, R]:
     """The subflow on the running flow's task runner (a subflow would start a default one).
 
-    A duplicated Dask runner finds the running cluster's client, so retries use the same workers.
+    The Dask runner's copy connects to the running cluster (flows/dask_pipeline.py), so retries
+    use the same workers.
     """
     context = FlowRunContext.get()
     if context is None or context.task_runner is None:

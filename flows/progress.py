@@ -1,4 +1,5 @@
-"""What a run is waiting for and how far its batches are: shared by the wait task and the sentinel.
+"""What a run is waiting for and how far its batches are: shared by the wait task and the check
+that resumes a suspended run (flows/check.py).
 
 Both look at the same things (the ledger's uncollected batches, one retrieve per batch) and show
 the same progress artifact, so a suspended run's progress keeps moving while no worker holds it.

@@ -11,6 +11,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from prefect import get_client, get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
@@ -18,11 +19,12 @@ from pydantic import Field
 
 from batchline.build import BudgetExceeded, BuildSummary, check_submittable
 from batchline.config import JobConfig
+from flows.check import schedule_checks
 
-# The sentinel resumes only runs suspended under this prefix; approvals are a person's to resume.
+# A check resumes only runs suspended under this prefix; approvals are a person's to resume.
 WAIT_KEY_PREFIX = "batchline-wait-"
 APPROVAL_KEY_PREFIX = "batchline-budget-"
-# The API ends an expired batch within minutes; the sentinel then needs a few of its intervals to
+# The API ends an expired batch within minutes; the checks then need up to max_poll_interval to
 # notice. A run still suspended this long after its last expiry is failed by Prefect.
 RESUME_GRACE = timedelta(hours=2)
 APPROVAL_TIMEOUT = timedelta(days=7)
@@ -44,15 +46,19 @@ def is_deployed() -> bool:
 
 
 def suspend_until_ended(batch_ids: list[str], expires_at: datetime) -> None:
-    """Suspend the current run until the sentinel finds ``batch_ids`` ended; its process exits.
+    """Suspend the current run until a check finds ``batch_ids`` ended; its process exits.
 
     The key names the batches and counts earlier suspends for them, so a run resumed by hand
     before its batches ended suspends again instead of being let through as already fired.
+    The first check is scheduled before the suspend, so no suspended run is left unwatched.
     """
-    key = _unfired_key(WAIT_KEY_PREFIX + _digest(*sorted(batch_ids)))
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+    key = _unfired_key(run, WAIT_KEY_PREFIX + _digest(*sorted(batch_ids)))
     timeout = expires_at - datetime.now(UTC) + RESUME_GRACE
+    schedule_checks(run, key, attempt=0)
     get_run_logger().info(
-        "batches %s still processing: suspending (key %s) until the sentinel resumes this run",
+        "batches %s still processing: suspending (key %s) until a check resumes this run",
         ", ".join(batch_ids),
         key,
     )
@@ -88,10 +94,8 @@ def approve_spend(built: BuildSummary, job: JobConfig) -> None:
     get_run_logger().info("spend approved in the UI: submitting %d requests", built.requests)
 
 
-def _unfired_key(prefix: str) -> str:
-    """``prefix`` plus how many suspends under it this run has already had."""
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)
+def _unfired_key(run: FlowRun, prefix: str) -> str:
+    """``prefix`` plus how many suspends under it ``run`` has already had."""
     fired = run.empirical_policy.pause_keys or set()
     return f"{prefix}-{sum(k.startswith(prefix) for k in fired)}"
 

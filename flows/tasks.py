@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +23,27 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from batchline.build import BuildSummary, build_manifest, manifest_fingerprint, requested_models
+from batchline.build import (
+    BuildPlan,
+    BuildSummary,
+    BuiltPart,
+    build_part,
+    finish_build,
+    plan_build,
+    requested_models,
+)
 from batchline.client import make_client
 from batchline.collect import CollectedBatch, collect_entry
-from batchline.config import ROW_COLUMNS, ConfigError, JobConfig, SourceOptions
-from batchline.load import LoadSummary, source_fingerprint, stage_documents
+from batchline.config import ROW_COLUMNS, JobConfig, SourceOptions
+from batchline.load import (
+    LoadPlan,
+    LoadShard,
+    LoadSummary,
+    StagedShard,
+    finish_load,
+    plan_load,
+    stage_shard,
+)
 from batchline.models import ModelTable, look_up
 from batchline.retry import Submission
 from batchline.storage import Area, OutputLayout, stamped_summary
@@ -63,17 +80,12 @@ def _stamped_key(step: str, output: str, area: Area, inputs: str) -> str:
     return key
 
 
-def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str | None:
-    try:
-        inputs = source_fingerprint(p["source"], p["options"])
-    except ConfigError:
-        return None  # the step itself says what is wrong with the source
-    return _stamped_key("load", p["output"], "documents", inputs)
+def _load_key(_: TaskRunContext, p: dict[str, Any]) -> str:
+    return _stamped_key("load", p["output"], "documents", p["fingerprint"])
 
 
 def _build_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    inputs = manifest_fingerprint(p["loaded"].fingerprint, p["job"], p["models"])
-    return _stamped_key("build", p["output"], "manifest", inputs)
+    return _stamped_key("build", p["output"], "manifest", p["plan"].fingerprint)
 
 
 def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
@@ -105,9 +117,30 @@ def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
     return _stamped_key("write", p["output"], "results", inputs)
 
 
+@task(name="plan-load", cache_policy=NO_CACHE)
+def plan_loading(source: str, output: str, options: SourceOptions) -> LoadPlan:
+    """The source's shards, or none when the staged documents already answer its content."""
+    plan = plan_load(source, OutputLayout(output), options)
+    get_run_logger().info(
+        "source in %d shards%s", len(plan.shards), " (already staged)" if plan.staged else ""
+    )
+    return plan
+
+
+@task(name="load-shard", task_run_name="load-shard-{shard.index}", cache_policy=NO_CACHE)
+def load_shard(source: str, output: str, options: SourceOptions, shard: LoadShard) -> StagedShard:
+    """Read one shard of the source; shards are mapped, so they load on every worker at once."""
+    staged = stage_shard(source, OutputLayout(output), options, shard)
+    get_run_logger().info(
+        "loaded shard %d in %s: %d documents", shard.index, where(), staged.documents
+    )
+    return staged
+
+
 @task(name="load-documents", cache_key_fn=_load_key, persist_result=True)
-def load_documents(source: str, output: str, options: SourceOptions) -> LoadSummary:
-    summary = stage_documents(source, OutputLayout(output), options)
+def load_documents(output: str, fingerprint: str, staged: list[StagedShard]) -> LoadSummary:
+    """The staged documents, checked across shards and stamped with the source's fingerprint."""
+    summary = finish_load(OutputLayout(output), fingerprint, staged)
     get_run_logger().info(
         "loaded %d documents in %d shards (%d invalid)",
         summary.documents,
@@ -135,11 +168,25 @@ def look_up_models(
     return table
 
 
-@task(name="build-requests", cache_key_fn=_build_key, persist_result=True)
-def build_requests(
+@task(name="plan-build", cache_policy=NO_CACHE)
+def plan_building(
     output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable
-) -> BuildSummary:
-    summary = build_manifest(OutputLayout(output), job, loaded.fingerprint, models)
+) -> BuildPlan:
+    """The staged parts to build, or none when the manifest already answers them."""
+    return plan_build(OutputLayout(output), job, loaded.fingerprint, models)
+
+
+@task(name="build-part", task_run_name="build-{name}", cache_policy=NO_CACHE)
+def build_requests_of(output: str, job: JobConfig, models: ModelTable, name: str) -> BuiltPart:
+    """Render one staged part's requests; parts are mapped over the workers."""
+    built = build_part(OutputLayout(output), job, models, name)
+    get_run_logger().info("built %s in %s: %d requests", name, where(), built.requests)
+    return built
+
+
+@task(name="build-requests", cache_key_fn=_build_key, persist_result=True)
+def build_requests(output: str, plan: BuildPlan, parts: list[BuiltPart]) -> BuildSummary:
+    summary = finish_build(OutputLayout(output), plan, parts)
     get_run_logger().info(
         "built %d requests (%.1f MB), %d invalid documents %s",
         summary.requests,
@@ -232,9 +279,7 @@ def collect(
     collected = collect_entry(
         client_for(credentials), OutputLayout(output), batch_id, output_schema=output_schema
     )
-    get_run_logger().info(
-        "collected %s in process %d: %s", batch_id, os.getpid(), collected.by_status
-    )
+    get_run_logger().info("collected %s in %s: %s", batch_id, where(), collected.by_status)
     return collected
 
 
@@ -286,6 +331,11 @@ def job_config_for(
     block = BatchJob.load(job_block)
     assert isinstance(block, BatchJob)  # sync call: the block, not an awaitable
     return block.job_config(**{k: settings[k] for k in RUN_SETTINGS if k in settings})
+
+
+def where() -> str:
+    """This process, as task logs name it: where a step ran on a cluster (host and pid)."""
+    return f"process {os.getpid()} on {socket.gethostname()}"
 
 
 def client_for(credentials: str | None) -> Any:

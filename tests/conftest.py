@@ -20,7 +20,7 @@ import pytest
 from batchline.emulator import Emulator, EmulatorConfig
 
 TEST_API_KEY = "sk-ant-test-0123456789-not-a-real-key"
-# Not BATCHLINE_ or PREFECT_: tests/support.py:cli_env and batchline.local drop those.
+# Not BATCHLINE_ or PREFECT_: tests/support.py:cli_env and deployments/local.py drop those.
 SESSION_TAG = "PYTEST_BATCHLINE_SESSION"
 # Time for processes that are already stopping (a server whose CLI was killed) to exit.
 ORPHAN_GRACE_SECONDS = 30

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import UUID
 
 import orjson
 import pandas as pd
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentTaskRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 
 from batchline.emulator import Emulator
 from batchline.models import ModelLimits, ModelTable
@@ -137,3 +147,27 @@ def assert_complete_and_paid_once(
     submitted = table[table.status != "invalid"]
     seen = emulator.stats()["requests_per_custom_id"]
     assert seen == dict(zip(submitted.custom_id, submitted.attempts, strict=True))
+
+
+def logged_pids(flow_run_id: UUID, prefix: str) -> set[int]:
+    """PIDs named by the log lines starting with ``prefix`` of a flow run and of its subflows.
+
+    The steps that may run on a cluster's workers log "... in process PID on HOST".
+    """
+    with get_client(sync_client=True) as client:
+        parent = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in parent])
+            )
+        )
+        runs = [flow_run_id, *(r.id for r in subflows)]
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)))
+    return {
+        int(match.group(1))
+        for log in logs
+        if log.message.startswith(prefix)
+        and (match := re.search(r" in process (\d+) on ", log.message))
+    }

@@ -11,7 +11,7 @@ import anthropic
 import pytest
 
 from batchline.emulator.cli import main
-from batchline.local import emulator_process
+from deployments.local import emulator_process
 
 
 def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:

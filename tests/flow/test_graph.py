@@ -57,6 +57,10 @@ def test_steps_take_what_the_step_before_returned_and_the_summary_is_the_outputs
     (wait,) = [r for r in runs if r.name.startswith("wait-")]
     (write,) = [r for r in runs if r.name.startswith("write-parquet-")]
     collects = [r for r in runs if r.name.startswith("collect-")]
+    for combine, mapped in (("load-documents-", "load-shard-"), ("build-requests-", "build-part-")):
+        (step,) = [r for r in runs if r.name.startswith(combine)]
+        shards = {r.id for r in runs if r.name.startswith(mapped)}
+        assert shards and shards <= _upstream(step), step.task_inputs
     assert submit.id in _upstream(wait), wait.task_inputs
     assert collects and all(submit.id in _upstream(c) for c in collects), collects[0].task_inputs
     assert all(wait.id in _upstream(c) for c in collects), collects[0].task_inputs

@@ -5,25 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from uuid import UUID
 
 import anthropic
 import pandas as pd
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterParentTaskRunId,
-    LogFilter,
-    LogFilterFlowRunId,
-)
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from batchline.config import ConfigError
 from batchline.emulator import Emulator
 from flows.dask_pipeline import distributed_pipeline
 from flows.pipeline import batch_pipeline
 from tests.conftest import TEST_API_KEY
-from tests.support import write_documents
+from tests.support import logged_pids, write_documents
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -76,26 +69,18 @@ def test_the_same_flow_on_a_local_dask_cluster_of_processes(
     table = pd.read_parquet(tmp_path / "out" / "results")
     assert sorted(table.doc_id) == sorted(docs)
     assert set(table.status) == {"succeeded"}
-    # The collect tasks ran in Dask's worker processes, not in this one.
-    pids = _collect_pids(state.state_details.flow_run_id)
-    assert len(pids) >= 3 and os.getpid() not in pids
+    # Shards, parts and collects ran in Dask's worker processes, not in this one; the retry
+    # subflow's collects too, on the same two workers (a second cluster would add two more).
+    run = state.state_details.flow_run_id
+    pids = {p for step in ("loaded shard ", "built ", "collected ") for p in logged_pids(run, step)}
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids, pids
+    assert table.attempts.max() > 1, "the retry subflow ran"
 
 
-def _collect_pids(flow_run_id: UUID) -> set[int]:
-    """PIDs the collect tasks of a run and of its subflows logged."""
-    with get_client(sync_client=True) as client:
-        parent = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-        subflows = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in parent])
-            )
-        )
-        runs = [flow_run_id, *(r.id for r in subflows)]
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs)))
-    return {
-        int(log.message.split(" in process ")[1].split(":")[0])
-        for log in logs
-        if " in process " in log.message
-    }
+def test_a_dask_run_without_a_prefect_server_refuses_before_starting_a_cluster() -> None:
+    # Each worker would start a server of its own, and its task runs would be lost there.
+    with (
+        temporary_settings({PREFECT_API_URL: None}),
+        pytest.raises(ConfigError, match="PREFECT_API_URL"),
+    ):
+        distributed_pipeline(n_workers=2)

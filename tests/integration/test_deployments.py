@@ -1,7 +1,8 @@
 """The deployments of prefect.yaml on a real Prefect server, process work pool and worker.
 
 One server, worker and pair of emulators (separate processes, state in SQLite files) serve the
-whole module. Pipeline runs go through the worker exactly as a UI "Run" would.
+whole module. The deployments are made from the repo root and the worker runs in a folder of its
+own, as on another machine. Pipeline runs go through the worker exactly as a UI "Run" would.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -32,9 +35,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType, TaskRun
-from prefect.client.schemas.sorting import FlowRunSort
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -44,8 +48,8 @@ from batchline.report import artifact_key
 from batchline.storage import OutputLayout
 from blocks.credentials import AnthropicCredentials
 from deployments import stack
+from flows.names import CHECK_FLOW, PIPELINE_FLOW
 from flows.pipeline import batch_pipeline
-from flows.sentinel import resume_finished_runs
 from flows.suspend import WAIT_KEY_PREFIX
 from tests.conftest import TEST_API_KEY
 from tests.support import write_documents
@@ -53,11 +57,10 @@ from tests.support import write_documents
 pytestmark = pytest.mark.integration
 
 PIPELINE = "batchline-pipeline/batchline-pipeline"
-SENTINEL = "batchline-sentinel/batchline-sentinel"
 BACKFILL = "batchline-backfill/batchline-backfill"
-# Longer than the pipeline's polling window plus the sentinel's first look, so the run is
-# suspended and checked while its batch still processes.
-SLOW_PROCESSING_SECONDS = 25
+# Longer than the pipeline's start and polling window plus the first check's delay (15 s) and
+# start on a busy machine, so the run is suspended and checked while its batch still processes.
+SLOW_PROCESSING_SECONDS = 40
 FAST: dict[str, Any] = {"poll_interval": 0.2, "max_poll_interval": 1.0}
 
 
@@ -77,46 +80,111 @@ class Emulated:
 
 @dataclass
 class Stack:
-    ui_url: str
+    api_url: str
+    worker_dir: Path
     slow: Emulated
     fast: Emulated
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Server, pool, worker and emulators up; prefect.yaml deployed; this process a client."""
     state = tmp_path_factory.mktemp("stack")
-    started: list[subprocess.Popen[bytes]] = []
+    # The worker runs where no checkout is, as it would on another machine.
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    started: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        server, api_url = stack.start_server(
+        started["server"], api_url = stack.start_server(
             state / "home", stack.free_port(), state / "server.log"
         )
-        started.append(server)
         # No API key in the worker's environment: every run names its credentials block.
         env = stack.client_env(api_url, state / "home", PREFECT_WORKER_QUERY_SECONDS="1")
         env.pop("ANTHROPIC_API_KEY", None)
         env.pop("ANTHROPIC_BASE_URL", None)
         stack.create_pool(env)
-        started.append(stack.start_worker(env, state / "worker.log"))
+        started["worker"] = stack.start_worker(env, state / "worker.log", cwd=elsewhere)
         stack.deploy(env)
         emulators = {}
         for name, seconds in (("slow", SLOW_PROCESSING_SECONDS), ("fast", 0.3)):
-            process, url = stack.start_emulator(
+            started[name], url = stack.start_emulator(
                 state / f"{name}.db", state / f"{name}-emulator.log", seconds
             )
-            started.append(process)
             emulators[name] = Emulated(url, f"emulator-{name}")
         with temporary_settings({PREFECT_API_URL: api_url}):
             for emulated in emulators.values():
                 AnthropicCredentials(api_key=TEST_API_KEY, base_url=emulated.base_url).save(
                     emulated.credentials_block, overwrite=True
                 )
-            yield Stack(api_url.removesuffix("/api"), emulators["slow"], emulators["fast"])
+            yield Stack(api_url, elsewhere, emulators["slow"], emulators["fast"], started)
     finally:
-        stack.stop(*started)
+        stack.stop(*started.values())
 
 
-def test_a_deployed_run_suspends_and_the_sentinel_resumes_it_when_its_batch_ends(
+def test_a_deployment_made_here_runs_on_a_worker_started_elsewhere(
+    deployed: Stack, tmp_path: Path
+) -> None:
+    worker = deployed.processes["worker"]
+    assert Path(f"/proc/{worker.pid}/cwd").resolve() == deployed.worker_dir.resolve()
+    assert not deployed.worker_dir.resolve().is_relative_to(stack.REPO)
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+    assert len(deployments) == 3
+    for deployment in deployments:
+        # A module path from the installed package, and nothing that names this checkout.
+        assert deployment.entrypoint and ".py" not in deployment.entrypoint, deployment.entrypoint
+        assert not deployment.pull_steps, deployment.pull_steps
+        assert str(stack.REPO) not in json.dumps(
+            [deployment.entrypoint, deployment.pull_steps, deployment.job_variables]
+        )
+
+    docs = write_documents(tmp_path / "docs", 3, start=900)
+    run = _start(
+        PIPELINE,
+        source=str(tmp_path / "docs"),
+        output=str(tmp_path / "out"),
+        credentials_block=deployed.fast.credentials_block,
+        **FAST,
+    )
+    final = _wait_for_run(run, lambda r: bool(r.state and r.state.is_final()), 240)
+    assert final.state is not None and final.state.is_completed(), final.state
+    assert sorted(pd.read_parquet(tmp_path / "out" / "results").doc_id) == sorted(docs)
+
+
+def test_nothing_runs_while_nothing_is_suspended(deployed: Stack, tmp_path: Path) -> None:
+    """After a run that never suspended: no schedule, no check, for ten minutes ahead and now."""
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+        active = [(d.name, s.schedule) for d in deployments for s in d.schedules if s.active]
+    assert active == []
+    finished = _finished_pipeline_run(deployed, tmp_path)
+    with get_client(sync_client=True) as client:
+        assert not any(s.is_paused() for s in client.read_flow_run_states(finished.id))
+    before = _all_flow_runs()
+    # Scheduled runs are made ahead of time by the server's scheduler: none for the next ten
+    # minutes means none will start in them. Then watch for a while in real time.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert _flow_runs(CHECK_FLOW) == []
+        ahead = datetime.now(UTC) + timedelta(minutes=10)
+        upcoming = [
+            r
+            for r in _all_flow_runs()
+            if r.state
+            and r.state.is_scheduled()
+            and r.expected_start_time
+            and r.expected_start_time < ahead
+        ]
+        assert upcoming == []
+        time.sleep(2)
+    assert {r.id for r in _all_flow_runs()} == {r.id for r in before}
+
+
+def test_a_suspended_run_is_resumed_by_its_checks_soon_after_its_batch_ends(
     deployed: Stack, tmp_path: Path
 ) -> None:
     docs = write_documents(tmp_path / "docs", 12)
@@ -136,40 +204,39 @@ def test_a_deployed_run_suspends_and_the_sentinel_resumes_it_when_its_batch_ends
     assert suspended.infrastructure_pid, "the worker records the flow-run process"
     pid = int(suspended.infrastructure_pid.rsplit(":", 1)[-1])
     stack.wait_for(lambda: _exited(pid), 60, "the suspended run's process to exit")
+    # The run scheduled its own first checks before it suspended.
+    assert _checks_of(run), "no check scheduled for the suspended run"
 
-    # The sentinel looks while the batch still processes: the run stays suspended.
     [batch_id] = [str(e.batch_id) for e in Ledger(OutputLayout(str(output))).entries()]
-    early = [c for c in resume_finished_runs() if c.flow_run_id == run]
-    assert deployed.slow.client().messages.batches.retrieve(batch_id).processing_status != "ended"
-    assert [c.ready for c in early] == [False]
-    still = _read_run(run).state
-    assert still is not None and still.is_paused()
-
-    # Once the batch has ended, the sentinel deployment (triggered or on its schedule) resumes it.
-    stack.wait_for(
-        lambda: (
-            deployed.slow.client().messages.batches.retrieve(batch_id).processing_status == "ended"
-        ),
-        120,
-        "the emulated batch to end",
-    )
-    run_deployment(SENTINEL, timeout=180, poll_interval=1, as_subflow=False)
-    final = _wait_for_run(run, lambda r: r.state is not None and r.state.is_final(), 240)
+    final = _wait_for_run(run, lambda r: r.state is not None and r.state.is_final(), 300)
     assert final.state is not None and final.state.is_completed(), final.state
 
-    resumed_by = [row for a in _artifacts("batchline-sentinel") for row in _rows(a) if row["ready"]]
-    assert str(run) in [row["flow_run_id"] for row in resumed_by]
+    batch = deployed.slow.client().messages.batches.retrieve(batch_id)
+    assert batch.ended_at is not None
+    resumed_at = _resumed_at(run)
+    lag = (resumed_at - batch.ended_at).total_seconds()
+    print(f"batch ended {batch.ended_at:%H:%M:%S}, run resumed {lag:.1f} s later", end=", ")
+    assert 0 < lag < 90, (batch.ended_at, resumed_at)
+    checks = _checks_of(run)
+    states = sorted(str(c.state.name if c.state else None) for c in checks)
+    # Each check ran once to completion; those not needed after the resume were dropped.
+    assert set(states) == {"Completed"}, states
+    print(f"after {len(checks)} checks")
+    assert 2 <= len(checks) <= 6, states
+    early = [c for c in checks if c.end_time and c.end_time < batch.ended_at]
+    assert early, "a check looked while the batch processed, and did not resume the run"
+
     stats = deployed.slow.stats()
     assert stats["batches_created"] == 1
     results = pd.read_parquet(output / "results")
     assert sorted(results.doc_id) == sorted(docs)
     assert stats["requests_per_custom_id"] == dict.fromkeys(results.custom_id, 1)
     # The resumed run replayed from the top: every step finished before the suspend was Cached.
-    states = _task_states(run)
+    task_states = _task_states(run)
     for step in ("load-documents", "build-requests", "submit-new-1"):
-        assert sorted(states[step]) == ["Cached", "Completed"], (step, states)
-    assert sorted(states["wait"]) == ["Completed", "Completed"]
-    assert states["collect"] == ["Completed"]
+        assert sorted(task_states[step]) == ["Cached", "Completed"], (step, task_states)
+    assert sorted(task_states["wait"]) == ["Completed", "Completed"]
+    assert task_states["collect"] == ["Completed"]
     root = OutputLayout(str(output)).root
     keys = {a.key: a for a in _artifacts_of(run)}
     summary = keys[artifact_key("batchline-summary", root)]
@@ -220,7 +287,7 @@ def test_an_over_budget_run_waits_for_approval_in_the_ui(deployed: Stack, tmp_pa
     assert not (tmp_path / "out-reject" / "ledger").exists()
 
 
-def test_backfill_runs_each_day_once_and_skips_a_finished_one(
+def test_backfill_starts_each_day_once_and_skips_a_finished_one(
     deployed: Stack, tmp_path: Path
 ) -> None:
     days = [date(2024, 3, 1), date(2024, 3, 2)]
@@ -236,26 +303,12 @@ def test_backfill_runs_each_day_once_and_skips_a_finished_one(
     )
     before = deployed.fast.stats()
 
-    run = run_deployment(
-        BACKFILL,
-        parameters={
-            "source_template": str(tmp_path / "docs" / "{date:%Y-%m-%d}"),
-            "output": str(output),
-            "start_date": days[0].isoformat(),
-            "end_date": days[1].isoformat(),
-            "parameters": {"credentials_block": deployed.fast.credentials_block, **FAST},
-            "poll_interval": 1,
-        },
-        timeout=300,
-        poll_interval=1,
-        as_subflow=False,
-    )
-    assert isinstance(run, FlowRun)
-    assert run.state is not None and run.state.is_completed(), run.state
+    outcomes = _backfill(tmp_path / "docs", output, days, deployed.fast.credentials_block)
+    assert outcomes["2024-03-01"]["state"] == "Skipped (complete)"
+    day_run = UUID(outcomes["2024-03-02"]["flow_run_id"])
+    final = _wait_for_run(day_run, lambda r: bool(r.state and r.state.is_final()), 240)
+    assert final.state is not None and final.state.is_completed(), final.state
 
-    [table] = _artifacts("batchline-backfill")
-    outcomes = {row["day"]: row["state"] for row in _rows(table)}
-    assert outcomes == {"2024-03-01": "Skipped (complete)", "2024-03-02": "Completed"}
     after = deployed.fast.stats()
     assert after["batches_created"] == before["batches_created"] + 1
     assert set(after["requests_per_custom_id"].values()) == {1}
@@ -270,35 +323,166 @@ def test_backfill_runs_each_day_once_and_skips_a_finished_one(
     assert len(summaries) == 2
 
 
-def test_the_ui_shows_a_finished_run(deployed: Stack, tmp_path: Path) -> None:
-    """Opens a finished run's page in headless Chromium and keeps a screenshot of it."""
+def test_stack_down_and_up_in_the_middle_of_a_two_day_backfill(tmp_path: Path) -> None:
+    """`deployments/stack.py down` and `up`, as a user types them, while two days wait for their
+    batches: each day ends completed by its one run, and a backfill started again finds them."""
+    state, port, emulator_port = tmp_path / "stack", stack.free_port(), stack.free_port()
+    cli = [sys.executable, str(stack.REPO / "deployments" / "stack.py")]
+    # Batches long enough that no check resumes a day before the restart: a run killed
+    # mid-replay would be another failure (Running with no process), not this test's subject.
+    up = [*cli, "up", "--state", str(state), "--port", str(port)]
+    up += ["--emulator-port", str(emulator_port), "--processing-seconds", "45"]
+    down = [*cli, "down", "--state", str(state)]
+    emulated = Emulated(f"http://127.0.0.1:{emulator_port}", "")
+    days = [date(2024, 4, 1), date(2024, 4, 2)]
+    for n, day in enumerate(days):
+        write_documents(tmp_path / "docs" / f"{day:%Y-%m-%d}", 3, start=500 + 10 * n)
+    output = tmp_path / "out"
+    # No credentials block: `up` gives the worker the emulator's address and a key.
+    extra = {"suspend_after_seconds": 2}
+    try:
+        _stack_cli(up)
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            first = _backfill(tmp_path / "docs", output, days, None, extra)
+            runs = {day: UUID(row["flow_run_id"]) for day, row in first.items()}
+            for run in runs.values():
+                _wait_for_run(run, lambda r: bool(r.state and r.state.is_paused()), 180)
+
+            _stack_cli(down)
+            _stack_cli(up)
+
+            # Started again while its days are in progress, the backfill finds their runs.
+            again = _backfill(tmp_path / "docs", output, days, None, extra)
+            assert {day: UUID(row["flow_run_id"]) for day, row in again.items()} == runs
+            for run in runs.values():
+                final = _wait_for_run(run, lambda r: bool(r.state and r.state.is_final()), 240)
+                assert final.state is not None and final.state.is_completed(), final.state
+            done = _backfill(tmp_path / "docs", output, days, None, extra)
+            assert {row["state"] for row in done.values()} == {"Skipped (complete)"}
+
+            per_day: dict[str, int] = {}
+            for day_run in _flow_runs(PIPELINE_FLOW):
+                folder = Path(day_run.parameters["output"]).name
+                per_day[folder] = per_day.get(folder, 0) + 1
+            assert per_day == {"date=2024-04-01": 1, "date=2024-04-02": 1}
+        stats = emulated.stats()
+        assert stats["batches_created"] == 2
+        assert set(stats["requests_per_custom_id"].values()) == {1}
+        for day in days:
+            assert len(pd.read_parquet(output / f"date={day:%Y-%m-%d}" / "results")) == 3
+    finally:
+        _stack_cli(down)
+
+
+def test_the_ui_shows_a_finished_run_and_its_summary(deployed: Stack, tmp_path: Path) -> None:
+    """Opens a finished run's page and its summary in headless Chromium; keeps screenshots."""
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed: deployments/screenshot.sh installs it (opt-in)")
     run = _finished_pipeline_run(deployed, tmp_path)
-    png, dom = tmp_path / "flow-run.png", tmp_path / "flow-run.html"
-    subprocess.run(
-        [
-            str(stack.REPO / "deployments" / "screenshot.sh"),
-            f"{deployed.ui_url}/runs/flow-run/{run.id}",
-            str(png),
-            str(dom),
-        ],
-        env={**os.environ, "BATCHLINE_NO_INSTALL": "1"},
-        check=True,
-        timeout=180,
-    )
-    page = dom.read_text()
-    assert "Can't connect" not in page
-    assert run.name in page and "load-documents" in page
-    assert png.stat().st_size > 20_000
-    if keep := os.environ.get("BATCHLINE_KEEP_SCREENSHOT"):  # e.g. docs/flow-run.png
-        shutil.copyfile(png, keep)
+    [summary] = [a for a in _artifacts_of(run.id) if (a.key or "").startswith("batchline-summary")]
+    pages = {
+        "flow-run": f"{deployed.ui_url}/runs/flow-run/{run.id}",
+        "summary": f"{deployed.ui_url}/artifacts/artifact/{summary.id}",
+    }
+    for name, url in pages.items():
+        subprocess.run(
+            [
+                str(stack.REPO / "deployments" / "screenshot.sh"),
+                url,
+                str(tmp_path / f"{name}.png"),
+                str(tmp_path / f"{name}.html"),
+            ],
+            env={**os.environ, "BATCHLINE_NO_INSTALL": "1"},
+            check=True,
+            timeout=180,
+        )
+        page = (tmp_path / f"{name}.html").read_text()
+        assert "Can't connect" not in page
+        assert (tmp_path / f"{name}.png").stat().st_size > 20_000
+    # e.g. BATCHLINE_KEEP_SCREENSHOT=docs/flow-run.png, which keeps docs/flow-run-summary.png too
+    if keep := os.environ.get("BATCHLINE_KEEP_SCREENSHOT"):
+        shutil.copyfile(tmp_path / "flow-run.png", keep)
+        shutil.copyfile(
+            tmp_path / "summary.png", Path(keep).with_stem(Path(keep).stem + "-summary")
+        )
+    run_page = (tmp_path / "flow-run.html").read_text()
+    assert run.name in run_page and "load-documents" in run_page
+    summary_page = (tmp_path / "summary.html").read_text()
+    assert str(summary.key) in summary_page and "succeeded" in summary_page
 
 
 def _start(deployment: str, **parameters: Any) -> UUID:
     run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
     assert isinstance(run, FlowRun)
     return run.id
+
+
+def _stack_cli(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _backfill(
+    docs: Path,
+    output: Path,
+    days: list[date],
+    credentials_block: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the backfill deployment to its end (seconds: it only starts days); its table by day."""
+    run = run_deployment(
+        BACKFILL,
+        parameters={
+            "source_template": str(docs / "{date:%Y-%m-%d}"),
+            "output": str(output),
+            "start_date": days[0].isoformat(),
+            "end_date": days[-1].isoformat(),
+            "parameters": {
+                **({"credentials_block": credentials_block} if credentials_block else {}),
+                **FAST,
+                **(extra or {}),
+            },
+        },
+        timeout=180,
+        poll_interval=1,
+        as_subflow=False,
+    )
+    assert isinstance(run, FlowRun)
+    assert run.state is not None and run.state.is_completed(), run.state
+    [table] = [a for a in _artifacts_of(run.id) if a.key == "batchline-backfill"]
+    return {row["day"]: row for row in _rows(table)}
+
+
+def _flow_runs(
+    flow_name: str, state: StateType | None = None, tags: list[str] | None = None
+) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))
+                if state
+                else None,
+                tags=FlowRunFilterTags(all_=tags) if tags else None,
+            ),
+        )
+
+
+def _all_flow_runs() -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs()
+
+
+def _checks_of(run: UUID) -> list[FlowRun]:
+    return [r for r in _flow_runs(CHECK_FLOW) if r.parameters.get("flow_run_id") == str(run)]
+
+
+def _resumed_at(run: UUID) -> datetime:
+    """When the run left its Suspended state: the time of the state after it."""
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(run), key=lambda s: s.timestamp)
+    [paused] = [n for n, s in enumerate(states) if s.is_paused()]
+    return states[paused + 1].timestamp
 
 
 def _read_run(run: UUID) -> FlowRun:
@@ -349,7 +533,8 @@ def _task_states(run: UUID) -> dict[str, list[str]]:
 def _artifacts(key: str) -> list[Artifact]:
     with get_client(sync_client=True) as client:
         return client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
         )
 
 
@@ -367,18 +552,19 @@ def _rows(artifact: Artifact) -> list[dict[str, Any]]:
 
 
 def _finished_pipeline_run(deployed: Stack, tmp_path: Path) -> FlowRun:
-    """The module's first completed pipeline run (the resumed one), or a new quick one."""
+    """The module's first completed pipeline run that was suspended and resumed, if any, or the
+    first completed one, or a new quick one."""
     with get_client(sync_client=True) as client:
         done = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["batchline-pipeline"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[PIPELINE_FLOW])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
             ),
             sort=FlowRunSort.START_TIME_ASC,
-            limit=1,
         )
-    if done:
-        return done[0]
+        resumed = [r for r in done if any(s.is_paused() for s in client.read_flow_run_states(r.id))]
+    if resumed or done:
+        return (resumed or done)[0]
     write_documents(tmp_path / "docs", 3)
     run = _start(
         PIPELINE,

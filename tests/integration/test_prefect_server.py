@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batchline import local
 from batchline.emulator import Emulator
+from deployments import local
 from tests.conftest import TEST_API_KEY
 from tests.support import cli_env, finish, run_cli, submitted_batches, write_documents
 

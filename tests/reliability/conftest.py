@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchline.emulator import Emulator
-from batchline.local import prefect_server
+from deployments.local import prefect_server
 from tests.support import cli_env, write_documents
 
 CORPUS_SIZE = 20

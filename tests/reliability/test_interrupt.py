@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from batchline.emulator import Emulator
-from batchline.local import wait_for
+from deployments.local import wait_for
 from tests.support import (
     assert_complete_and_paid_once,
     finish,

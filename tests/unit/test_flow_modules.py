@@ -23,18 +23,19 @@ def test_no_flow_module_shares_a_name_with_an_importable_module() -> None:
 
 
 def test_a_deployed_flow_run_loads_prefect_collections_without_errors(tmp_path: Path) -> None:
-    """What a deployed flow-run process does: load the flow by path, then Prefect's collections."""
+    """What a deployed flow-run process does, in a folder of its own: load the flow by module
+    path (prefect.yaml's entrypoints), then Prefect's collections."""
     script = (
         "from prefect.flows import load_flow_from_entrypoint\n"
         "from prefect.plugins import load_prefect_collections\n"
-        "load_flow_from_entrypoint('flows/pipeline.py:batch_pipeline')\n"
+        "load_flow_from_entrypoint('flows.pipeline:batch_pipeline')\n"
         "loaded = load_prefect_collections()\n"
         "failed = {k: v for k, v in loaded.items() if isinstance(v, Exception)}\n"
         "assert not failed, failed\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
-        cwd=FLOWS.parent,
+        cwd=tmp_path,
         env={**os.environ, "PREFECT_HOME": str(tmp_path)},
         capture_output=True,
         text=True,

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from batchline.config import ConfigError, SourceOptions
-from batchline.load import check_source_and_output, iter_shards, source_fingerprint
+from batchline.load import (
+    check_source_and_output,
+    iter_shards,
+    read_staged,
+    source_fingerprint,
+    stage_documents,
+)
+from batchline.storage import OutputLayout, part_name
 
 
 def _docs(source: Path, **options: int) -> dict[str, tuple[str | None, str | None]]:
@@ -154,3 +161,31 @@ def test_output_inside_the_source_and_a_missing_source_are_refused(tmp_path: Pat
         check_source_and_output(str(source), str(tmp_path / "alias" / "out"))
     with pytest.raises(ConfigError, match="does not exist"):
         check_source_and_output(str(tmp_path / "typo"), str(tmp_path / "out"))
+
+
+def test_staging_marks_ids_repeated_across_shards_and_drops_parts_of_a_larger_run(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.jsonl").write_text('{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}\n')
+    (source / "b.jsonl").write_text('{"id": "1", "text": "again"}\n{"id": "3", "text": "three"}\n')
+    layout = OutputLayout(str(tmp_path / "out"))
+    # One file per load shard, one row per part: the repeat of "1" is in another shard.
+    summary = stage_documents(str(source), layout, SourceOptions(shard_size=1))
+
+    parts = layout.names("documents", ".parquet")
+    assert parts == [part_name(s, p) for s in (0, 1) for p in (0, 1)]
+    rows = [r for name in parts for r in read_staged(layout, name)]
+    assert [(d.doc_id, d.text, d.invalid_reason) for d in rows] == [
+        ("1", "one", None),
+        ("2", "two", None),
+        ("1", None, "duplicate doc_id"),
+        ("3", "three", None),
+    ]
+    assert (summary.shards, summary.documents, summary.invalid) == (4, 4, 1)
+
+    (source / "b.jsonl").unlink()
+    again = stage_documents(str(source), layout, SourceOptions(shard_size=1))
+    assert layout.names("documents", ".parquet") == [part_name(0, 0), part_name(0, 1)]
+    assert (again.shards, again.documents, again.invalid) == (2, 2, 0)

@@ -59,8 +59,10 @@ def test_the_watch_reports_the_first_flow_run_only(caplog: pytest.LogCaptureFixt
     started: list[str] = []
     with FlowRunWatch(started.append).watching() as watch:
         logger = logging.getLogger("prefect.flow_runs")
-        logger.info("Beginning flow run", extra={"flow_run_id": "top"})
-        logger.info("Beginning subflow run", extra={"flow_run_id": "sub"})
+        # send_to_api=False: Prefect's API handler would otherwise start a temporary server for
+        # these made-up records, which outlives the session.
+        logger.info("Beginning flow run", extra={"flow_run_id": "top", "send_to_api": False})
+        logger.info("Beginning subflow run", extra={"flow_run_id": "sub", "send_to_api": False})
     assert started == ["top"] and watch.flow_run_id == "top"
 
 

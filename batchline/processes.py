@@ -1,26 +1,24 @@
-"""Local processes: free ports, Prefect servers, the emulator; for runs, tests and benchmarks.
+"""The processes batchline starts: Prefect servers, for a CLI run or `batchline server start`.
 
-Each process runs in its own process group (``start_new_session``) so that ``stop`` ends it
-together with whatever it started, and a Ctrl-C at the terminal does not reach it. Prefect
-servers run as ``python -m batchline.prefect_server server start``: this module imports
-nothing of Prefect.
+Each runs in its own process group (``start_new_session``) so that ``stop`` ends it together
+with whatever it started, and a Ctrl-C at the terminal does not reach it. Prefect servers run as
+``python -m batchline.prefect_server server start``: this module imports nothing of Prefect.
+Starting processes for tests, benchmarks and the local stack (the emulator, throwaway servers)
+is deployments/local.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-
-_LISTENING = re.compile(r"^batchline emulator listening on (http://\S+)$", re.M)
 
 
 def free_port() -> int:
@@ -46,28 +44,6 @@ def prefect_env(home: Path, inherit: bool = False, **settings: str) -> dict[str,
         "DO_NOT_TRACK": "1",
         **settings,
     }
-
-
-def start_prefect_server(
-    home: Path,
-    port: int | None = None,
-    *,
-    ui: bool = True,
-    services: bool = True,
-    log: Path | None = None,
-    settings: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-    timeout: float = 180,
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `prefect server start` (state under ``home``) and wait until its API is healthy.
-
-    Returns the process and its API URL. ``port`` None takes a free one.
-    """
-    port = free_port() if port is None else port
-    process = spawn_prefect_server(
-        home, port, ui=ui, services=services, log=log, settings=settings, cwd=cwd
-    )
-    return process, await_prefect_server(process, port, timeout, log)
 
 
 def spawn_prefect_server(
@@ -112,69 +88,8 @@ def await_prefect_server(
 ) -> str:
     """Wait until the server ``process`` on ``port`` answers; returns its API URL."""
     api_url = f"http://127.0.0.1:{port}/api"
-    _await(process, lambda: healthy(api_url), timeout, "the Prefect server", log)
+    await_ready(process, lambda: healthy(api_url), timeout, "the Prefect server", log)
     return api_url
-
-
-@contextlib.contextmanager
-def prefect_server(
-    home: Path,
-    *,
-    ui: bool = True,
-    services: bool = True,
-    log: Path | None = None,
-    timeout: float = 180,
-) -> Iterator[str]:
-    """A Prefect server on a free port for the ``with`` block; yields its API URL."""
-    process, api_url = start_prefect_server(
-        home, ui=ui, services=services, log=log, timeout=timeout
-    )
-    try:
-        yield api_url
-    finally:
-        stop(process, grace=30)
-
-
-def start_emulator(
-    *options: str, port: int = 0, log: Path | None = None, timeout: float = 60
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the emulator CLI (`python -m batchline.emulator`) with ``options``.
-
-    Returns the process and the base URL it announces. With ``log`` its output is appended
-    there; without, its stdout is a pipe the caller may read on.
-    """
-    command = [sys.executable, "-m", "batchline.emulator", "--port", str(port), *options]
-    if log is None:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
-        assert process.stdout is not None
-        announced = _LISTENING.search(process.stdout.readline().decode())
-    else:
-        start = log.stat().st_size if log.exists() else 0
-
-        def announcement() -> re.Match[str] | None:
-            with log.open("rb") as out:
-                out.seek(start)
-                return _LISTENING.search(out.read().decode(errors="replace"))
-
-        process = spawn(command, dict(os.environ), log)
-        _await(process, announcement, timeout, "the emulator", log)
-        announced = announcement()
-    if announced is None:
-        stop(process)
-        raise RuntimeError(f"the emulator did not announce its URL (exit code {process.poll()})")
-    return process, announced[1]
-
-
-@contextlib.contextmanager
-def emulator_process(*options: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """The emulator CLI for the ``with`` block; yields the process and its base URL."""
-    process, base_url = start_emulator(*options, port=port)
-    try:
-        yield process, base_url
-    finally:
-        stop(process)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def wait_for(
@@ -236,14 +151,14 @@ def _signal_group(pid: int, signum: int) -> bool:
     return True
 
 
-def _await(
+def await_ready(
     process: subprocess.Popen[bytes],
     ready: Callable[[], object],
     timeout: float,
     what: str,
     log: Path | None,
 ) -> None:
-    """``wait_for``; on failure stop ``process`` and attach the tail of its log to the error."""
+    """``wait_for`` a process just started; on failure stop it and attach the tail of its log."""
     try:
         wait_for(ready, timeout, what, process)
     except BaseException as error:
