@@ -190,6 +190,9 @@ def load_source(source: str, output: str, options: SourceOptions, storage: str) 
     """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
     plan = plan_loading(source, output, options)
     staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
+    # A shard's error (a missing column, say) is raised here as itself: handed on as a failed
+    # future, the combining step would only be NotReady and the run would fail on a None later.
+    staged.result()
     # The futures themselves, not their results: the graph then shows each shard feeding in.
     return load_documents.with_options(result_storage=storage)(
         output,
@@ -204,6 +207,7 @@ def build_manifest(
     """plan → one build task per staged part, over the workers → sum up, stamp."""
     plan = plan_building(output, job, loaded, models)
     parts = build_requests_of.map(unmapped(output), unmapped(job), unmapped(models), plan.parts)
+    parts.result()  # as in load_source: a part's error as itself
     return build_requests.with_options(result_storage=storage)(
         output,
         plan,
