@@ -24,6 +24,7 @@ from uuid import UUID
 import anthropic
 import pandas as pd
 import pytest
+import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -133,7 +134,10 @@ def test_a_deployment_made_here_runs_on_a_worker_started_elsewhere(
     assert not deployed.worker_dir.resolve().is_relative_to(stack.REPO)
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments()
-    assert len(deployments) == 3
+    # Every deployment of prefect.yaml, named without a project prefix (BATCHLINE_PROJECT unset).
+    declared = yaml.safe_load((stack.REPO / "prefect.yaml").read_text())["deployments"]
+    expected = {d["name"].replace("{{ $BATCHLINE_PROJECT }}", "") for d in declared}
+    assert {d.name for d in deployments} == expected
     for deployment in deployments:
         # A module path from the installed package, and nothing that names this checkout.
         assert deployment.entrypoint and ".py" not in deployment.entrypoint, deployment.entrypoint
