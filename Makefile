@@ -29,7 +29,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
 bench: $(STAMP)
-	$(PY) bench/pipeline_bench.py
+	$(PY) bench/pipeline_bench.py --sizes 1000,100000
 
 clean:
 	rm -rf $(VENV) batchline-demo-out .mypy_cache .ruff_cache .pytest_cache
