@@ -31,13 +31,15 @@ import pyarrow as pa
 
 from batchline.ledger import Ledger
 from batchline.retry import RequestState, Submission, submission_kind
-from batchline.storage import STAMP, OutputLayout
+from batchline.storage import STAMP, OutputLayout, part_name
 
 # Bumped when the tables change: an index of another version is rebuilt.
-VERSION = "1"
+VERSION = "2"
 _NAME = ".request-index.sqlite"
 # Rows per executemany: bounds the Python objects alive at once.
 _CHUNK = 50_000
+# A manifest part is kept as one integer, shard * _PIECES + piece: it sorts like the names.
+_PIECES = 100_000
 # SQLite's page cache, negative = KiB: the index is on disk, not in the process.
 _CACHE_KIB = 64 * 1024
 
@@ -113,8 +115,8 @@ class RequestIndex:
             is not None
         )
 
-    def pending_rows(self, kind: Submission | None) -> Iterator[tuple[int, list[int]]]:
-        """(manifest part number, its row numbers to submit), in manifest order.
+    def pending_rows(self, kind: Submission | None) -> Iterator[tuple[str, list[int], list[str]]]:
+        """(manifest part name, its row numbers to submit, their custom_ids), in manifest order.
 
         Each next part is one seek in the index of pending requests, so a round that submits
         the first few parts' worth reads no more of it than that.
@@ -133,10 +135,11 @@ class RequestIndex:
                 return
             part = min(s for s in starts if s is not None)
             rows = self.db.execute(
-                f"SELECT row FROM requests WHERE kind IN ({marks}) AND part = ? ORDER BY row",
+                f"SELECT row, custom_id FROM requests WHERE kind IN ({marks}) AND part = ? "
+                "ORDER BY row",
                 (*kinds, part),
-            )
-            yield part, [r for (r,) in rows]
+            ).fetchall()
+            yield part_name(*divmod(part, _PIECES)), [r for r, _ in rows], [c for _, c in rows]
 
     def unanswered(self) -> tuple[int, list[str]]:
         """How many manifest requests have no collected result for their params; three doc_ids."""
@@ -338,6 +341,11 @@ def _rebuild(
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
+def _part_number(name: str) -> int:
+    """``part-SSSSS-PPPPP.parquet`` as one integer: every piece of a shard its own number."""
+    return int(name[5:10]) * _PIECES + int(name[11:16])
+
+
 def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:
     """Every manifest request, inserted in custom_id order: appends to the table's B-tree
     instead of scattering rows across it (the secondary indexes come after)."""
@@ -346,7 +354,7 @@ def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:
         "manifest_hash TEXT)"
     )
     for name in layout.names("manifest", ".parquet"):
-        part = int(name[5:10])
+        part = _part_number(name)
         table = layout.read_table("manifest", name, columns=["custom_id", "doc_id", "params_hash"])
         for offset in range(0, table.num_rows, _CHUNK):
             chunk = table.slice(offset, _CHUNK)

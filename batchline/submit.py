@@ -22,9 +22,9 @@ from batchline.build import split_batches
 from batchline.config import JobConfig, RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, LedgerEntry
-from batchline.request_index import open_index
+from batchline.request_index import index_path, open_index
 from batchline.retry import Submission
-from batchline.storage import OutputLayout, part_name
+from batchline.storage import OutputLayout
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,16 @@ def pending_parts(
     those requests. The index says which rows; only those parts' bodies are read."""
     columns = ["custom_id", "params_hash", "request_bytes", "params_json"]
     with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
-        for part, rows in index.pending_rows(kind):
-            table = layout.read_table("manifest", part_name(part), columns=columns)
-            yield table.take(pa.array(rows, pa.int64()))
+        for part, rows, custom_ids in index.pending_rows(kind):
+            table = layout.read_table("manifest", part, columns=columns)
+            chunk = table.take(pa.array(rows, pa.int64()))
+            # The index is derived: a row of it pointing at another request must never be paid for.
+            if chunk.column("custom_id").to_pylist() != custom_ids:
+                raise RunError(
+                    f"the request index at {index_path(layout)} disagrees with manifest {part}:"
+                    " delete that file and run again (it is rebuilt from the ledger)"
+                )
+            yield chunk
 
 
 def count_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> int:

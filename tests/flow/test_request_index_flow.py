@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
 
@@ -28,7 +29,12 @@ def test_deleting_the_index_between_rounds_keeps_every_row_and_pays_nothing_twic
 ) -> None:
     emulator = emulator_factory(seed=5, error_rates={"overloaded_error": 0.2}, expire_rate=0.1)
     api_env(emulator)
+    # One source file longer than a shard: its shard is cut into pieces, each its own part.
     docs = write_documents(tmp_path / "docs", 30)
+    source = tmp_path / "docs.jsonl"
+    source.write_bytes(
+        b"".join(orjson.dumps({"id": i, "text": t}) + b"\n" for i, t in docs.items())
+    )
     layout = OutputLayout(str(tmp_path / "out"))
     deleted: list[str] = []
     submit_pending = flows.tasks.submit_pending
@@ -42,7 +48,8 @@ def test_deleting_the_index_between_rounds_keeps_every_row_and_pays_nothing_twic
 
     monkeypatch.setattr(flows.tasks, "submit_pending", submit_without_index)
     batch_pipeline(
-        source=str(tmp_path / "docs"),
+        source=str(source),
+        shard_size=8,
         output=layout.root,
         poll_interval=0.1,
         max_poll_interval=0.5,

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pytest
 
 from batchline import schemas
 from batchline.collect import write_collected
+from batchline.config import JobConfig, RunError
 from batchline.ledger import Ledger, LedgerEntry
 from batchline.request_index import index_path, open_index
 from batchline.retry import RequestState, submission_kind
 from batchline.storage import OutputLayout, part_name
+from batchline.submit import pending_parts
 
 
 def _manifest(layout: OutputLayout, parts: list[list[tuple[str, str]]]) -> None:
-    """Manifest parts of (custom_id, params_hash); doc_id is the custom_id."""
+    """Manifest parts of (custom_id, params_hash); doc_id is the custom_id.
+
+    Two pieces per shard, as a source file longer than a shard gives: each piece is its own part.
+    """
     for number, part in enumerate(parts):
         rows = [
             {
@@ -32,7 +39,9 @@ def _manifest(layout: OutputLayout, parts: list[list[tuple[str, str]]]) -> None:
             }
             for cid, ph in part
         ]
-        layout.write_table("manifest", part_name(number), schemas.table(rows, schemas.MANIFEST))
+        layout.write_table(
+            "manifest", part_name(*divmod(number, 2)), schemas.table(rows, schemas.MANIFEST)
+        )
 
 
 def _submit(layout: OutputLayout, batch_id: str, requests: list[tuple[str, str]]) -> LedgerEntry:
@@ -94,15 +103,20 @@ def _check(layout: OutputLayout, manifest: list[tuple[str, str]]) -> None:
         for kind in ("new", "retry"):
             assert index.count_pending(kind) == kinds.count(kind)
             assert index.any_pending(kind) == (kind in kinds)
-        pending = [(p, r) for p, rows in index.pending_rows(None) for r in rows]
+        pending = [(p, r) for p, rows, _ in index.pending_rows(None) for r in rows]
+    offsets, start = {}, 0
+    for name in sorted(layout.names("manifest", ".parquet")):
+        offsets[name] = start
+        start += layout.read_table("manifest", name).num_rows
     wanted = [i for i, k in enumerate(kinds) if k is not None]
-    assert [p * 2 + r for p, r in pending] == wanted  # parts of two rows each
+    assert [offsets[p] + r for p, r in pending] == wanted
 
 
 def test_index_follows_the_ledger_round_by_round_and_after_deletion(tmp_path: Path) -> None:
     layout = OutputLayout(str(tmp_path / "out"))
     requests = [("a", "h"), ("b", "h"), ("c", "h"), ("d", "h")]
-    _manifest(layout, [requests[:2], requests[2:]])
+    # Parts of one row: four parts, two shards of two pieces each.
+    _manifest(layout, [[request] for request in requests])
     _check(layout, requests)  # nothing submitted: all new
 
     _submit(layout, "b1", requests[:3])
@@ -146,3 +160,19 @@ def test_index_is_rebuilt_when_what_it_absorbed_changes_or_it_is_garbage(tmp_pat
 
     index_path(layout).write_bytes(b"not a database")
     _check(layout, changed)
+
+
+def test_submit_refuses_an_index_that_points_at_other_requests(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    requests = [("a", "h"), ("b", "h"), ("c", "h")]
+    _manifest(layout, [requests])
+    job = JobConfig()
+    assert [t.column("custom_id").to_pylist() for t in pending_parts(layout, job)] == [
+        ["a", "b", "c"]
+    ]
+
+    # A fault the fingerprints cannot see: the index sends a's row to b's request.
+    with sqlite3.connect(index_path(layout)) as db:
+        db.execute("UPDATE requests SET row = 1 WHERE custom_id = 'a'")
+    with pytest.raises(RunError, match=r"disagrees with manifest part-00000-00000\.parquet"):
+        list(pending_parts(layout, job))
