@@ -43,9 +43,11 @@ from flows.tasks import (
     look_up_models,
     plan_building,
     plan_loading,
+    plan_writing,
     submit,
     wait,
     write_parquet,
+    write_results_part,
 )
 
 P = ParamSpec("P")
@@ -179,9 +181,7 @@ def batch_pipeline(
         running = done.still_running
         if running is not None and running.expires_at is not None:
             suspend_until_ended(running.batch_ids, running.expires_at)  # exits here
-        summary = write_parquet.with_options(result_storage=storage)(
-            layout.root, done.collected, job.output_schema
-        )
+        summary = write_results(layout.root, done.collected, job.output_schema, storage)
         publish_summary(layout.root, summary, job.max_attempts)
         return summary
 
@@ -212,6 +212,24 @@ def build_manifest(
         output,
         plan,
         parts,  # type: ignore[arg-type]
+    )
+
+
+def write_results(
+    output: str,
+    collected: list[CollectedBatch],
+    output_schema: dict[str, Any] | None,
+    storage: str,
+) -> RunSummary:
+    """plan → one write task per results part, over the workers → add up, stamp."""
+    plan = plan_writing(output, collected)
+    parts = write_results_part.map(unmapped(output), plan.parts, unmapped(output_schema))
+    parts.result()  # as in load_source: a part's error as itself
+    return write_parquet.with_options(result_storage=storage)(
+        output,
+        plan,
+        parts,  # type: ignore[arg-type]
+        output_schema,
     )
 
 
