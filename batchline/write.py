@@ -127,8 +127,9 @@ def plan_write(layout: OutputLayout) -> WritePlan:
     through files rather than task arguments so no process holds more than one batch of them.
     """
     inputs = results_inputs(layout)
-    if (written := reuse_or_restamp(layout, "results", inputs)) is not None:
-        return WritePlan(inputs, [], 0, RunSummary.model_validate(written))
+    if (stamped := reuse_or_restamp(layout, "results", inputs)) is not None:
+        written = RunSummary.model_validate(stamped)
+        return WritePlan(inputs, [], written.batches, written)
     with open_index(layout) as index:
         missing, first = index.unanswered()
         if missing:
