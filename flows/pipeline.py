@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
+from prefect.filesystems import WritableFileSystem
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -186,7 +187,9 @@ def batch_pipeline(
         return summary
 
 
-def load_source(source: str, output: str, options: SourceOptions, storage: str) -> LoadSummary:
+def load_source(
+    source: str, output: str, options: SourceOptions, storage: WritableFileSystem
+) -> LoadSummary:
     """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
     plan = plan_loading(source, output, options)
     staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
@@ -202,7 +205,11 @@ def load_source(source: str, output: str, options: SourceOptions, storage: str) 
 
 
 def build_manifest(
-    output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable, storage: str
+    output: str,
+    job: JobConfig,
+    loaded: LoadSummary,
+    models: ModelTable,
+    storage: WritableFileSystem,
 ) -> BuildSummary:
     """plan → one build task per staged part, over the workers → sum up, stamp."""
     plan = plan_building(output, job, loaded, models)
@@ -252,7 +259,7 @@ class Rounds:
     output: str
     job: JobConfig
     built: BuildSummary
-    storage: str
+    storage: WritableFileSystem
     credentials: str | None
     give_up_after: float | None
 
