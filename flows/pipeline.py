@@ -226,7 +226,7 @@ def write_results(
     output: str,
     collected: list[CollectedBatch],
     output_schema: dict[str, Any] | None,
-    storage: str,
+    storage: WritableFileSystem,
 ) -> RunSummary:
     """plan → one write task per results part, over the workers → add up, stamp."""
     plan = plan_writing(output, collected)
