@@ -374,7 +374,11 @@ def _checked(doc_id: str, text: str, fields: dict[str, str], options: SourceOpti
 
 
 def _iter_table_rows(fs: Any, path: str, rel: str, options: SourceOptions) -> Iterator[Document]:
+    # rel#N names a row without an id: N is the line of a JSONL file (blank lines count, as in an
+    # editor), the row of a CSV file after its header, the record of a Parquet file.
     for number, row in enumerate(_iter_raw_rows(fs, path, rel, options), start=1):
+        if row is None:  # a blank JSONL line
+            continue
         if isinstance(row, str):  # a line that did not parse
             yield Document(f"{rel}#{number}", None, invalid_reason=row)
             continue
@@ -406,12 +410,14 @@ def _iter_table_rows(fs: Any, path: str, rel: str, options: SourceOptions) -> It
 
 def _iter_raw_rows(
     fs: Any, path: str, rel: str, options: SourceOptions
-) -> Iterator[dict[str, Any] | str]:
-    """Rows of a tabular file as dicts; a JSONL line that does not parse comes as its error."""
+) -> Iterator[dict[str, Any] | str | None]:
+    """Rows of a tabular file as dicts; a JSONL line that does not parse comes as its error,
+    a blank one as None."""
     if _has_suffix(path, (".jsonl",)):
         with fs.open(path, "rb") as handle:
             for line in handle:
                 if not line.strip():
+                    yield None
                     continue
                 try:
                     value = orjson.loads(line)

@@ -56,7 +56,8 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
     (docs / "huge.txt").write_text("word " * 180_000)  # ~225k tokens: over a 200k context
     rows = [{"id": "dup", "text": "first"}, {"id": "dup", "text": "second"}, {"text": "no id"}]
     (docs / "rows.jsonl").write_bytes(
-        b"\n".join([*map(orjson.dumps, rows), b"{not json", b'{"id": "num", "text": 5}'])
+        # A blank line: the broken line after it is named by its line number, as an editor shows.
+        b"\n".join([*map(orjson.dumps, rows), b"", b"{not json", b'{"id": "num", "text": 5}'])
     )
 
     code, printed = _cli(capsys, "run", str(docs), "--output", str(tmp_path / "out"), *FAST)
@@ -65,7 +66,7 @@ def test_bad_documents_become_rows_naming_why_and_are_never_sent(
     table = pd.read_parquet(tmp_path / "out" / "results")
     keys = table.doc_id + "|" + table.status
     reasons = dict(zip(keys, table.error_message.fillna(""), strict=True))
-    assert reasons.pop("rows.jsonl#4|invalid").startswith("line is not valid JSON")
+    assert reasons.pop("rows.jsonl#5|invalid").startswith("line is not valid JSON")
     assert reasons == {
         "empty|invalid": "empty document",
         "binary|invalid": "binary content (NUL byte at offset 4)",
