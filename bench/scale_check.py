@@ -5,13 +5,16 @@ checked against the emulator's own record of what was asked and answered.
 
 Each case writes its source, starts its own emulator process (its state in an SQLite file this
 script reads afterwards), and runs the CLI as a user types it against one shared Prefect server,
-in steps: a run, a rerun (must submit nothing), 10% more documents then a rerun (must submit only
-those), or a run SIGKILLed while it waits then the same command again. After every step:
+in steps: a run, a rerun (must submit nothing), 10% more documents (a new file, or appended to
+the first JSONL file) then a rerun (must submit only those), a rerun with --shard-size 1000 or
+after the last tenth of the first JSONL file is cut (both must submit nothing, and the results
+must hold the documents of now), or a run SIGKILLed while it waits then the same command again.
+After every step:
 
 - exit status 0 and exactly one row per document of the source, each custom_id once;
 - every request the emulator holds for a row's custom_id asks about that row's document (its
-  prompt is the document's text), and a succeeded row's text and batch_id are those of the
-  emulator's one succeeded result for that custom_id;
+  prompt is the document's text), and an answered row's text and batch_id are those of the
+  emulator's answer to the last request for that custom_id (a plain reply quotes the document);
 - paid once: the emulator received each custom_id exactly as often as the row's `attempts`, and
   requests_submitted is their sum (no batch is ever paid twice).
 
@@ -22,7 +25,9 @@ Prints one PASS/FAIL line per step with its figures; exit status 1 when any step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import logging
 import os
 import signal
 import sqlite3
@@ -30,10 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -44,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deployments.local import prefect_server, start_emulator, stop
 
 FAULTS = ("--error-rate", "overloaded_error=0.05", "--expire-rate", "0.03")
+S3_ROOT = "s3://scale-check"
+OUTPUT_FAULTS = ("--output-fault-rate", "truncated=0.03", "--output-fault-rate", "mismatched=0.03")
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -104,6 +113,14 @@ class Case:
     faults: bool = False
     steps: list[str] = field(default_factory=lambda: ["run"])
     processing_seconds: float = 0.0
+    output_faults: bool = False  # spoiled structured replies: truncated or not of the schema
+    s3: bool = False  # source and output on moto's S3 server (steps: run and rerun only)
+
+    def max_attempts(self) -> int:
+        options = self.options
+        return (
+            int(options[options.index("--max-attempts") + 1]) if "--max-attempts" in options else 3
+        )
 
 
 CASES = [
@@ -152,6 +169,33 @@ CASES = [
         faults=True,
         steps=["run", "rerun"],
     ),
+    Case("jsonl-append-rerun", write_jsonl, [25_000], steps=["run", "append", "rerun"]),
+    Case("jsonl-reshard-shrink", write_jsonl, [25_000], steps=["run", "reshard", "shrink", "run"]),
+    Case(
+        "jsonl-structured-spoiled-retry",
+        write_jsonl,
+        [12_000],
+        ["--retry-invalid-output", "--max-attempts", "5"],
+        faults=True,
+        output_faults=True,
+    ),
+    Case(
+        "txt-folder-20k-faults-kill",
+        write_txt,
+        [20_000],
+        faults=True,
+        steps=["kill", "run", "rerun"],
+        processing_seconds=15.0,
+    ),
+    Case(
+        "jsonl-dask2-25k",
+        write_jsonl,
+        [25_000, 3_000],
+        ["--dask-workers", "2", "--shard-size", "4000"],
+        faults=True,
+        steps=["run", "add", "rerun"],
+    ),
+    Case("s3-jsonl-22k", write_jsonl, [22_000], faults=True, steps=["run", "rerun"], s3=True),
     Case("jsonl-1file-200k", write_jsonl, [200_000]),
     Case("jsonl-1file-1m", write_jsonl, [1_000_000]),
 ]
@@ -190,14 +234,27 @@ def prompt_of(body: bytes) -> str:
     return ""
 
 
-def check(output: Path, docs: Docs, db: Path, structured: bool) -> list[str]:
-    """Every failed invariant, as a line; empty when the output is right."""
+def read_results(output: str) -> list[dict[str, Any]]:
+    """The rows of ``OUTPUT/results``, local or on S3 (AWS_ENDPOINT_URL from the environment)."""
+    fs, path = fsspec.core.url_to_fs(f"{output}/results")
+    return ds.dataset(path, filesystem=fs).to_table().to_pylist()  # type: ignore[no-any-return]
+
+
+def check(
+    output: str,
+    docs: Docs,
+    db: Path,
+    structured: bool,
+    retired: dict[str, int],
+    max_attempts: int,
+) -> list[str]:
+    """Every failed invariant, as a line; empty when the output is right.
+
+    ``retired``: custom_id → attempts of the rows of documents since removed from the source,
+    which were paid for once and have no row now.
+    """
     problems: list[str] = []
-    table = (
-        ds.dataset(output / "results")
-        .to_table(columns=["doc_id", "custom_id", "status", "text", "attempts", "batch_id"])
-        .to_pylist()
-    )
+    table = read_results(output)
     ids = [r["doc_id"] for r in table]
     if len(ids) != len(set(ids)):
         problems.append(f"{len(ids) - len(set(ids))} duplicate doc_id rows")
@@ -211,7 +268,12 @@ def check(output: Path, docs: Docs, db: Path, structured: bool) -> list[str]:
     wrong_doc = wrong_text = wrong_paid = wrong_batch = not_ok = 0
     attempts_sum = 0
     for row in table:
-        if row["status"] != "succeeded":
+        # Only a request that used all its attempts may end failed (or spoiled, when asked to
+        # retry spoiled replies); the sources hold no invalid document.
+        spent = row["attempts"] is not None and row["attempts"] >= max_attempts
+        if row["status"] != "succeeded" and not (
+            spent and row["status"] in ("expired", "errored", "invalid_output")
+        ):
             not_ok += 1
         if row["status"] == "invalid":
             continue
@@ -221,42 +283,42 @@ def check(output: Path, docs: Docs, db: Path, structured: bool) -> list[str]:
             wrong_paid += 1
         if any(prompt_of(body) != docs.get(row["doc_id"]) for _, body, _ in requests):
             wrong_doc += 1
-        if row["status"] == "succeeded":
-            answers = [
-                (batch, orjson.loads(line)["result"])
-                for batch, _, line in requests
-                if line and orjson.loads(line)["result"]["type"] == "succeeded"
-            ]
-            texts = [
-                "".join(b["text"] for b in r["message"]["content"] if b["type"] == "text")
-                for _, r in answers
-            ]
-            if len(answers) != 1 or texts[0] != row["text"]:
+        if row["status"] in ("succeeded", "invalid_output") and requests:
+            # The row answers with the last request sent for it; an earlier one can only have
+            # failed or been spoiled (each attempt is counted above).
+            batch, _, line = requests[-1]
+            result: dict[str, Any] = orjson.loads(line)["result"] if line else {"type": "none"}
+            text = ""
+            if result["type"] == "succeeded":
+                content = result["message"]["content"]
+                text = "".join(b["text"] for b in content if b["type"] == "text")
+            if text != row["text"]:
                 wrong_text += 1
-            elif answers[0][0] != row["batch_id"]:
+            elif batch != row["batch_id"]:
                 wrong_batch += 1
-            elif not structured and not row["text"].startswith(
+            elif not structured and not text.startswith(
                 "Emulated reply to: " + docs[row["doc_id"]][:40]
             ):
                 wrong_text += 1
     for name, count in [
         ("rows whose requests asked about another document", wrong_doc),
-        ("succeeded rows whose text is not their one succeeded answer", wrong_text),
+        ("answered rows whose text is not the answer to their last request", wrong_text),
         ("rows whose batch_id is not the batch that answered", wrong_batch),
         ("rows whose attempts differ from what the emulator received", wrong_paid),
     ]:
         if count:
             problems.append(f"{count} {name}")
+    attempts_sum += sum(retired.values())
     if counters.get("requests_submitted", 0) != attempts_sum:
         problems.append(
             f"requests_submitted {counters.get('requests_submitted')} != sum of attempts "
             f"{attempts_sum}"
         )
     rows_not_in_table = set(seen) - set(customs)
-    if rows_not_in_table:
+    if any(len(seen[c]) != retired.get(c) for c in rows_not_in_table):
         problems.append(f"{len(rows_not_in_table)} custom_ids paid for that no row holds")
-    if not_ok and not structured:
-        problems.append(f"{not_ok} rows did not succeed")
+    if not_ok:
+        problems.append(f"{not_ok} rows did not succeed while attempts remained")
     return problems
 
 
@@ -271,16 +333,16 @@ def submitted(db: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def command(case: Case, source: Path, output: Path, schema: Path) -> list[str]:
+def command(case: Case, source: str, output: str, schema: Path) -> list[str]:
     extra = ["--output-schema", str(schema)] if "structured" in case.name else []
     return [
         sys.executable,
         "-m",
         "batchline.cli",
         "run",
-        str(source),
+        source,
         "--output",
-        str(output),
+        output,
         "--poll-interval",
         "0.5",
         "--max-poll-interval",
@@ -330,19 +392,44 @@ def run_case(case: Case, root: Path, env: dict[str, str], scale: float) -> bool:
         start += count
     options = ["--db", str(db), "--processing-seconds", str(case.processing_seconds)]
     emulator, url = start_emulator(
-        *options, *(FAULTS if case.faults else ()), log=work / "emulator.log"
+        *options,
+        *(FAULTS if case.faults else ()),
+        *(OUTPUT_FAULTS if case.output_faults else ()),
+        log=work / "emulator.log",
     )
     env = env | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "scale-check"}
-    argv = command(case, source, output, schema)
+    origin, target = str(source), str(output)
+    if case.s3:
+        fs, _ = fsspec.core.url_to_fs(S3_ROOT)
+        fs.put(f"{source}/", f"{S3_ROOT}/{case.name}/source/", recursive=True)
+        origin, target = f"{S3_ROOT}/{case.name}/source", f"{S3_ROOT}/{case.name}/out"
+    argv = command(case, origin, target, schema)
     ok = True
+    retired: dict[str, int] = {}
     try:
         for step in case.steps:
             before = submitted(db) if db.exists() else 0
             added = 0
-            if step == "add":
+            if step in ("add", "append"):
                 added = max(1, len(docs) // 10)
                 docs |= case.writer(source, start, added)
+                if step == "append":  # onto the end of the first file: JSONL only
+                    new = source / f"part-{start:07d}.jsonl"
+                    first = min(source.glob("*.jsonl"))
+                    with first.open("ab") as out:
+                        out.write(new.read_bytes())
+                    new.unlink()
                 start += added
+            if step == "shrink":  # the last tenth of the first JSONL file's lines removed
+                first = min(source.glob("*.jsonl"))
+                lines = first.read_bytes().splitlines(keepends=True)
+                kept = lines[: len(lines) - len(lines) // 10]
+                first.write_bytes(b"".join(kept))
+                cut = {orjson.loads(line)["id"] for line in lines[len(kept) :]}
+                rows = read_results(str(output))
+                retired |= {r["custom_id"]: r["attempts"] for r in rows if r["doc_id"] in cut}
+                docs = {k: v for k, v in docs.items() if k not in cut}
+            step_argv = [*argv, "--shard-size", "1000"] if step == "reshard" else argv
             started = time.monotonic()
             if step == "kill":
                 note = kill_mid_wait(argv, env, output, work / "run.log")
@@ -353,16 +440,18 @@ def run_case(case: Case, root: Path, env: dict[str, str], scale: float) -> bool:
                 continue
             with (work / "run.log").open("ab") as out:
                 code = subprocess.run(
-                    argv, env=env, stdout=out, stderr=subprocess.STDOUT
+                    step_argv, env=env, stdout=out, stderr=subprocess.STDOUT
                 ).returncode
             seconds = time.monotonic() - started
             problems = [] if code == 0 else [f"exit {code} (see {work / 'run.log'})"]
             if code == 0:
-                problems += check(output, docs, db, "structured" in case.name)
+                problems += check(
+                    target, docs, db, "structured" in case.name, retired, case.max_attempts()
+                )
             paid = submitted(db) - before
-            if step == "rerun" and paid:
+            if step in ("rerun", "reshard", "shrink") and paid:
                 problems.append(f"the rerun submitted {paid} requests")
-            if step == "add" and not added <= paid < 2 * added:
+            if added and not added <= paid < 2 * added:
                 problems.append(f"{added} documents added, {paid} requests submitted")
             verdict = "PASS" if not problems else "FAIL"
             ok = ok and not problems
@@ -374,6 +463,32 @@ def run_case(case: Case, root: Path, env: dict[str, str], scale: float) -> bool:
     finally:
         stop(emulator)
     return ok
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with a bucket; yields the environment a user would set, which
+    this process takes too."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "scale-check",
+        "AWS_SECRET_ACCESS_KEY": "scale-check-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    os.environ.update(aws)
+    try:
+        fs, _ = fsspec.core.url_to_fs(S3_ROOT)
+        fs.mkdir(S3_ROOT.removeprefix("s3://"))
+        yield aws
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -398,7 +513,10 @@ def main() -> int:
         env |= {"PREFECT_HOME": str(root / "client-home"), "COLUMNS": "200"}
         with prefect_server(root / "server-home", ui=False) as api:
             env["PREFECT_API_URL"] = api
-            results = [run_case(case, root, env, opts.scale) for case in chosen]
+            with contextlib.ExitStack() as stack:
+                if any(case.s3 for case in chosen):
+                    env |= stack.enter_context(moto_s3())
+                results = [run_case(case, root, env, opts.scale) for case in chosen]
     return 0 if all(results) else 1
 
 
