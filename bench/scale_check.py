@@ -8,8 +8,8 @@ script reads afterwards), and runs the CLI as a user types it against one shared
 in steps: a run, a rerun (must submit nothing), 10% more documents (a new file, or appended to
 the first JSONL file) then a rerun (must submit only those), a rerun with --shard-size 1000 or
 after the last tenth of the first JSONL file is cut (both must submit nothing, and the results
-must hold the documents of now), or a run SIGKILLed while it waits then the same command again.
-After every step:
+must hold the documents of now), or a run SIGKILLed while it waits (for its first batch, or for
+its second: the retry round's) then the same command again. After every step:
 
 - exit status 0 and exactly one row per document of the source, each custom_id once;
 - every request the emulator holds for a row's custom_id asks about that row's document (its
@@ -73,6 +73,15 @@ def doc_text(doc_id: str, i: int) -> str:
 
 def write_jsonl(root: Path, start: int, count: int) -> Docs:
     docs = {f"j{i:07d}": doc_text(f"j{i:07d}", i) for i in range(start, start + count)}
+    with open(root / f"part-{start:07d}.jsonl", "wb") as out:
+        for doc_id, text in docs.items():
+            out.write(orjson.dumps({"id": doc_id, "text": text}) + b"\n")
+    return docs
+
+
+def write_jsonl_large(root: Path, start: int, count: int) -> Docs:
+    """Documents of about 22 KB: 13,000 of them are more than one batch of 256 MB."""
+    docs = {f"l{i:07d}": doc_text(f"l{i:07d}", i) * 170 for i in range(start, start + count)}
     with open(root / f"part-{start:07d}.jsonl", "wb") as out:
         for doc_id, text in docs.items():
             out.write(orjson.dumps({"id": doc_id, "text": text}) + b"\n")
@@ -196,6 +205,16 @@ CASES = [
         steps=["run", "add", "rerun"],
     ),
     Case("s3-jsonl-22k", write_jsonl, [22_000], faults=True, steps=["run", "rerun"], s3=True),
+    Case(
+        "jsonl-faults-kill-in-retry",
+        write_jsonl,
+        [15_000],
+        ["--max-attempts", "6"],
+        faults=True,
+        steps=["kill2", "run", "rerun"],
+        processing_seconds=10.0,
+    ),
+    Case("jsonl-large-docs-290mb", write_jsonl_large, [13_000]),
     Case("jsonl-1file-200k", write_jsonl, [200_000]),
     Case("jsonl-1file-1m", write_jsonl, [1_000_000]),
 ]
@@ -352,8 +371,11 @@ def command(case: Case, source: str, output: str, schema: Path) -> list[str]:
     ]
 
 
-def kill_mid_wait(argv: list[str], env: dict[str, str], output: Path, log: Path) -> str:
-    """Start the run, SIGKILL its process group once a batch is recorded in the ledger."""
+def kill_mid_wait(
+    argv: list[str], env: dict[str, str], output: Path, log: Path, batches: int
+) -> str:
+    """Start the run, SIGKILL its process group once ``batches`` batches are in the ledger (2
+    with one batch a round: in the wait of the retry round)."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -363,7 +385,7 @@ def kill_mid_wait(argv: list[str], env: dict[str, str], output: Path, log: Path)
             entries = (
                 list((output / "ledger").glob("*.json")) if (output / "ledger").exists() else []
             )
-            if any(orjson.loads(p.read_bytes()).get("batch_id") for p in entries):
+            if sum(bool(orjson.loads(p.read_bytes()).get("batch_id")) for p in entries) >= batches:
                 time.sleep(2)
                 break
             time.sleep(0.5)
@@ -431,8 +453,9 @@ def run_case(case: Case, root: Path, env: dict[str, str], scale: float) -> bool:
                 docs = {k: v for k, v in docs.items() if k not in cut}
             step_argv = [*argv, "--shard-size", "1000"] if step == "reshard" else argv
             started = time.monotonic()
-            if step == "kill":
-                note = kill_mid_wait(argv, env, output, work / "run.log")
+            if step.startswith("kill"):
+                batches = int(step.removeprefix("kill") or 1)
+                note = kill_mid_wait(argv, env, output, work / "run.log", batches)
                 print(
                     f"  {case.name:28} {step:6} {time.monotonic() - started:7.1f}s  {note}",
                     flush=True,
