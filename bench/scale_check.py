@@ -124,6 +124,7 @@ class Case:
     processing_seconds: float = 0.0
     output_faults: bool = False  # spoiled structured replies: truncated or not of the schema
     s3: bool = False  # source and output on moto's S3 server (steps: run and rerun only)
+    emulator: list[str] = field(default_factory=list)  # more emulator options
 
     def max_attempts(self) -> int:
         options = self.options
@@ -215,6 +216,15 @@ CASES = [
         processing_seconds=10.0,
     ),
     Case("jsonl-large-docs-290mb", write_jsonl_large, [13_000]),
+    # Batches reach their expiry partway (at 3,000 requests a second, 3 s): most of each batch
+    # expires, and retry rounds carry the rest over many parts.
+    Case(
+        "jsonl-batches-expire-partway",
+        write_jsonl,
+        [20_000],
+        ["--shard-size", "3000", "--max-attempts", "6"],
+        emulator=["--requests-per-second", "3000", "--expiry-seconds", "3"],
+    ),
     Case("jsonl-1file-200k", write_jsonl, [200_000]),
     Case("jsonl-1file-1m", write_jsonl, [1_000_000]),
 ]
@@ -417,6 +427,7 @@ def run_case(case: Case, root: Path, env: dict[str, str], scale: float) -> bool:
         *options,
         *(FAULTS if case.faults else ()),
         *(OUTPUT_FAULTS if case.output_faults else ()),
+        *case.emulator,
         log=work / "emulator.log",
     )
     env = env | {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "scale-check"}
