@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, assert_never
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from batchline import schemas, structured
 from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger
 from batchline.pricing import price_table, usage_cost
-from batchline.request_index import RequestIndex, open_index
+from batchline.request_index import open_index
 from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
 
 _TOKEN_COLUMNS = (
@@ -69,13 +70,66 @@ def write_results(layout: OutputLayout, output_schema: dict[str, Any] | None = N
 
     With ``output_schema``, each top-level field of the succeeded replies becomes a typed column
     after the standard ones. A results table on disk that was written from the same inputs (the
-    manifest's stamp covers the schema), and is still whole, is kept.
+    manifest's stamp covers the schema), and is still whole, is kept. The flow runs the same
+    steps as tasks, the parts mapped over its task runner's workers.
+    """
+    plan = plan_write(layout)
+    parts = [write_part(layout, part, output_schema) for part in plan.parts]
+    return finish_write(layout, plan, parts, output_schema)
+
+
+class ResultsPart(BaseModel):
+    """One results part to write: a batch's answers, or the rows of one ``invalid/`` part."""
+
+    kind: Literal["batch", "invalid"]
+    key: str = Field(description="The batch id, or the name of the invalid part.")
+
+    @property
+    def name(self) -> str:
+        """The part's file in ``results/``, the same on every run."""
+        match self.kind:
+            case "batch":
+                return f"batch-{self.key}.parquet"
+            case "invalid":
+                return f"invalid-{self.key}"
+            case _:
+                assert_never(self.kind)
+
+
+class WrittenPart(BaseModel):
+    """What one written part adds to the run's summary."""
+
+    name: str
+    rows: int
+    by_status: dict[str, int]
+    error_types: dict[str, int]
+    tokens: dict[str, int]
+    cost_usd: float
+    unpriced_models: list[str]
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """What writing takes: the inputs' fingerprint, and the parts unless already written."""
+
+    inputs: str
+    parts: list[ResultsPart]
+    batches: int
+    written: RunSummary | None = None
+
+
+def plan_write(layout: OutputLayout) -> WritePlan:
+    """The parts to write, or none when ``results/`` already answers the inputs.
+
+    Runs where the request index is (the driver): it refuses while a request has no result, and
+    leaves beside each batch's part-to-be the rows of its answers (custom_id, doc_id, attempts)
+    as a hidden file, so a part's writer needs the output root alone, wherever it runs. They go
+    through files rather than task arguments so no process holds more than one batch of them.
     """
     inputs = results_inputs(layout)
-    if (written := reuse_or_restamp(layout, "results", inputs)) is not None:
-        return RunSummary.model_validate(written)
-    fields = structured.arrow_schema(output_schema) if output_schema is not None else None
-    schema = schemas.results(fields)
+    if (stamped := reuse_or_restamp(layout, "results", inputs)) is not None:
+        written = RunSummary.model_validate(stamped)
+        return WritePlan(inputs, [], written.batches, written)
     with open_index(layout) as index:
         missing, first = index.unanswered()
         if missing:
@@ -83,83 +137,28 @@ def write_results(layout: OutputLayout, output_schema: dict[str, Any] | None = N
                 f"{missing} documents have no collected result yet (first: {first}); "
                 "run the pipeline again to finish them"
             )
-        batch_ids = index.answering_batches()
-        tally = _Tally()
-        wanted: set[str] = set()
-        for batch_id in sorted(batch_ids):
-            _write_batch(layout, batch_id, index, fields, schema, tally, wanted)
-    for name in layout.names("invalid", ".parquet"):
-        invalid = layout.read_table("invalid", name)
-        n = invalid.num_rows
-        rows = pa.table(
-            {
-                "doc_id": invalid.column("doc_id"),
-                "status": pa.repeat("invalid", n),
-                "error_type": pa.repeat("invalid_document", n),
-                "error_message": invalid.column("reason"),
-                "attempts": pa.repeat(pa.scalar(0, pa.int32()), n),
-            }
-        )
-        _write_part(layout, f"invalid-{name}", rows, schema, tally, wanted)
-    if not wanted:  # no documents: still a table with the schema, so reading results works
-        layout.write_table("results", "empty.parquet", schema.empty_table())
-        wanted.add("empty.parquet")
-    for stale in set(layout.names("results", ".parquet")) - wanted:
-        layout.fs.rm(layout.path("results", stale))
-    summary = tally.summary(layout.url("results"), len(batch_ids))
-    write_stamp(layout, ("results",), inputs, summary)
-    failpoint("write.done")
-    return summary
+        batch_ids = sorted(index.answering_batches())
+        for batch_id in batch_ids:
+            layout.write_table("results", _answers_name(batch_id), index.answered_by(batch_id))
+    parts = [ResultsPart(kind="batch", key=b) for b in batch_ids]
+    parts += [ResultsPart(kind="invalid", key=n) for n in layout.names("invalid", ".parquet")]
+    return WritePlan(inputs, parts, len(batch_ids))
 
 
-class _Tally:
-    """Running totals of the rows written, for the run summary."""
-
-    def __init__(self) -> None:
-        self.by_status: Counter[str] = Counter()
-        self.error_types: Counter[str] = Counter()
-        self.tokens: Counter[str] = Counter()
-        self.cost = 0.0
-        self.unpriced: set[str] = set()
-
-    def add(self, rows: pa.Table) -> None:
-        for item in pc.value_counts(rows.column("status")).to_pylist():
-            self.by_status[item["values"]] += item["counts"]
-        errored = rows.filter(pc.equal(rows.column("status"), "errored"))
-        for item in pc.value_counts(errored.column("error_type")).to_pylist():
-            self.error_types[item["values"] or "unknown"] += item["counts"]
-        for column in _TOKEN_COLUMNS:
-            self.tokens[column] += pc.sum(rows.column(column)).as_py() or 0
-        self.cost += pc.sum(rows.column("cost_usd")).as_py() or 0.0
-
-    def summary(self, output: str, batches: int) -> RunSummary:
-        # With a model unpriced, the sum of the priced rows would understate the bill: unknown.
-        cost = None if self.unpriced else self.cost
-        discount = price_table().batch_discount
-        return RunSummary(
-            output=output,
-            rows=sum(self.by_status.values()),
-            by_status=dict(self.by_status),
-            tokens=dict(self.tokens),
-            cost_usd=cost,
-            standard_cost_usd=None if cost is None else cost / discount,
-            batches=batches,
-            unpriced_models=sorted(self.unpriced),
-            error_types=dict(self.error_types),
-        )
-
-
-def _write_part(
-    layout: OutputLayout,
-    name: str,
-    rows: pa.Table,
-    schema: pa.Schema,
-    tally: _Tally,
-    wanted: set[str],
-) -> None:
-    """One results part in ``schema`` (columns it lacks are null), counted in ``tally``."""
-    if not rows.num_rows:
-        return
+def write_part(
+    layout: OutputLayout, part: ResultsPart, output_schema: dict[str, Any] | None = None
+) -> WrittenPart:
+    """Write one results part from files under the output root alone; what it adds up to."""
+    fields = _typed_fields(output_schema)
+    unpriced: set[str] = set()
+    match part.kind:
+        case "batch":
+            rows = _batch_rows(layout, part.key, fields, unpriced)
+        case "invalid":
+            rows = _invalid_rows(layout.read_table("invalid", part.key))
+        case _:
+            assert_never(part.kind)
+    schema = schemas.results(fields)
     columns = {
         field.name: rows.column(field.name).cast(field.type)
         if field.name in rows.column_names
@@ -167,25 +166,62 @@ def _write_part(
         for field in schema
     }
     table = pa.table(columns, schema=schema)
-    layout.write_table("results", name, table)
-    wanted.add(name)
-    tally.add(table)
+    if table.num_rows:  # an empty part is left out; a table of no rows is written at the end
+        layout.write_table("results", part.name, table)
+    return _tally(part.name, table, unpriced)
 
 
-def _write_batch(
+def finish_write(
     layout: OutputLayout,
-    batch_id: str,
-    index: RequestIndex,
-    fields: pa.Schema | None,
-    schema: pa.Schema,
-    tally: _Tally,
-    wanted: set[str],
-) -> None:
-    """The results part of one batch: its rows that are their request's latest answer (a row
-    superseded by a later attempt belongs to that attempt's batch file)."""
+    plan: WritePlan,
+    parts: list[WrittenPart],
+    output_schema: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Drop stale parts and the answers files, add the parts up, and stamp ``results/``."""
+    if plan.written is not None:
+        return plan.written
+    written = [p for p in parts if p.rows]
+    wanted = {p.name for p in written}
+    if not wanted:  # no documents: still a table with the schema, so reading results works
+        empty = schemas.results(_typed_fields(output_schema)).empty_table()
+        layout.write_table("results", "empty.parquet", empty)
+        wanted.add("empty.parquet")
+    folder = layout.path("results")
+    stale = [layout.path("results", n) for n in set(layout.names("results", ".parquet")) - wanted]
+    # Listed as they are (names() hides them), so those a killed write left go too.
+    answers = [
+        p for p in layout.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith(_ANSWERS)
+    ]
+    if stale or answers:
+        layout.fs.rm([*stale, *answers])
+    summary = _summary(layout.url("results"), plan.batches, written)
+    write_stamp(layout, ("results",), plan.inputs, summary)
+    failpoint("write.done")
+    return summary
+
+
+# Hidden (names() and readers of results/ skip files starting with a dot), removed when done.
+_ANSWERS = ".answers-"
+
+
+def _typed_fields(output_schema: dict[str, Any] | None) -> pa.Schema | None:
+    """The typed columns a run with an output schema adds to the results."""
+    return None if output_schema is None else structured.arrow_schema(output_schema)
+
+
+def _answers_name(batch_id: str) -> str:
+    return f"{_ANSWERS}{batch_id}.parquet"
+
+
+def _batch_rows(
+    layout: OutputLayout, batch_id: str, fields: pa.Schema | None, unpriced: set[str]
+) -> pa.Table:
+    """One batch's rows that are their request's latest answer (a row superseded by a later
+    attempt belongs to that attempt's batch file), with cost and typed columns."""
     collected = layout.read_table("collected", f"{batch_id}.parquet")
-    rows = collected.join(index.answered_by(batch_id), "custom_id", join_type="inner")
-    rows = rows.append_column("cost_usd", _costs(rows, tally.unpriced))
+    answers = layout.read_table("results", _answers_name(batch_id))
+    rows = collected.join(answers, "custom_id", join_type="inner")
+    rows = rows.append_column("cost_usd", _costs(rows, unpriced))
     if fields is not None:
         valid = pc.equal(rows.column("status"), "succeeded").combine_chunks()
         for name, column in zip(
@@ -194,7 +230,69 @@ def _write_batch(
             strict=True,
         ):
             rows = rows.append_column(name, column)
-    _write_part(layout, f"batch-{batch_id}.parquet", rows, schema, tally, wanted)
+    return rows
+
+
+def _invalid_rows(invalid: pa.Table) -> pa.Table:
+    """The rows of documents that never became a request."""
+    n = invalid.num_rows
+    return pa.table(
+        {
+            "doc_id": invalid.column("doc_id"),
+            "status": pa.repeat("invalid", n),
+            "error_type": pa.repeat("invalid_document", n),
+            "error_message": invalid.column("reason"),
+            "attempts": pa.repeat(pa.scalar(0, pa.int32()), n),
+        }
+    )
+
+
+def _tally(name: str, rows: pa.Table, unpriced: set[str]) -> WrittenPart:
+    """What the part ``name`` holding ``rows`` adds to the summary."""
+    by_status = {
+        item["values"]: item["counts"]
+        for item in pc.value_counts(rows.column("status")).to_pylist()
+    }
+    errored = rows.filter(pc.equal(rows.column("status"), "errored"))
+    error_types: Counter[str] = Counter()
+    for item in pc.value_counts(errored.column("error_type")).to_pylist():
+        error_types[item["values"] or "unknown"] += item["counts"]
+    return WrittenPart(
+        name=name,
+        rows=rows.num_rows,
+        by_status=by_status,
+        error_types=dict(error_types),
+        tokens={c: pc.sum(rows.column(c)).as_py() or 0 for c in _TOKEN_COLUMNS},
+        cost_usd=pc.sum(rows.column("cost_usd")).as_py() or 0.0,
+        unpriced_models=sorted(unpriced),
+    )
+
+
+def _summary(output: str, batches: int, parts: list[WrittenPart]) -> RunSummary:
+    """The run's summary: the written parts' tallies added up."""
+    by_status: Counter[str] = Counter()
+    error_types: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    unpriced: set[str] = set()
+    for part in parts:
+        by_status.update(part.by_status)
+        error_types.update(part.error_types)
+        tokens.update(part.tokens)
+        unpriced.update(part.unpriced_models)
+    # With a model unpriced, the sum of the priced rows would understate the bill: unknown.
+    cost = None if unpriced else sum(p.cost_usd for p in parts)
+    discount = price_table().batch_discount
+    return RunSummary(
+        output=output,
+        rows=sum(by_status.values()),
+        by_status=dict(by_status),
+        tokens=dict(tokens),
+        cost_usd=cost,
+        standard_cost_usd=None if cost is None else cost / discount,
+        batches=batches,
+        unpriced_models=sorted(unpriced),
+        error_types=dict(error_types),
+    )
 
 
 def _costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:

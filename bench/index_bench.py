@@ -85,7 +85,7 @@ def sqlite_side(root: str, requests: int, batch: int) -> None:
         index.count_pending(None)
     seconds, size_mb = time.process_time() - started, index_path(layout).stat().st_size / 1e6
     print(f"sqlite: round of {batch:,} ids + results: {seconds:.1f} s CPU, {size_mb:.0f} MB")
-    assert first[0] == 0
+    assert first[0] == part_name(0)
 
 
 def arrow_side(scratch: Path, requests: int, batch: int) -> None:

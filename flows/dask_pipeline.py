@@ -1,9 +1,10 @@
 """The pipeline on a Dask cluster: its mapped steps run on the workers, the rest on the driver.
 
 On the workers: one load task per shard of the source, one build task per staged part, one
-collect per ended batch (the retry subflow's too). On the driver (the process that calls the
-flow): the plans, the ledger, every call that creates or pays for a batch, the waits, and the
-final write. Point ``address`` at a running scheduler (``dask scheduler`` plus ``dask worker``
+collect per ended batch (the retry subflow's too), one write task per results part. On the driver
+(the process that calls the flow): the plans (the write's reads the request index), the ledger,
+every call that creates or pays for a batch, the waits, and the steps that add up and stamp.
+Point ``address`` at a running scheduler (``dask scheduler`` plus ``dask worker``
 processes on several machines) or leave it out for a local cluster of processes. Every worker
 needs the project installed, the same environment (API key, AWS credentials, PREFECT_API_URL)
 and an output root they all reach, such as an s3:// prefix: task results are stored under it.

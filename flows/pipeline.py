@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
+from prefect.filesystems import WritableFileSystem
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -43,9 +44,11 @@ from flows.tasks import (
     look_up_models,
     plan_building,
     plan_loading,
+    plan_writing,
     submit,
     wait,
     write_parquet,
+    write_results_part,
 )
 
 P = ParamSpec("P")
@@ -179,14 +182,14 @@ def batch_pipeline(
         running = done.still_running
         if running is not None and running.expires_at is not None:
             suspend_until_ended(running.batch_ids, running.expires_at)  # exits here
-        summary = write_parquet.with_options(result_storage=storage)(
-            layout.root, done.collected, job.output_schema
-        )
+        summary = write_results(layout.root, done.collected, job.output_schema, storage)
         publish_summary(layout.root, summary, job.max_attempts)
         return summary
 
 
-def load_source(source: str, output: str, options: SourceOptions, storage: str) -> LoadSummary:
+def load_source(
+    source: str, output: str, options: SourceOptions, storage: WritableFileSystem
+) -> LoadSummary:
     """plan → one load task per shard, spread over the task runner's workers → combine, stamp."""
     plan = plan_loading(source, output, options)
     staged = load_shard.map(unmapped(source), unmapped(output), unmapped(options), plan.shards)
@@ -202,7 +205,11 @@ def load_source(source: str, output: str, options: SourceOptions, storage: str) 
 
 
 def build_manifest(
-    output: str, job: JobConfig, loaded: LoadSummary, models: ModelTable, storage: str
+    output: str,
+    job: JobConfig,
+    loaded: LoadSummary,
+    models: ModelTable,
+    storage: WritableFileSystem,
 ) -> BuildSummary:
     """plan → one build task per staged part, over the workers → sum up, stamp."""
     plan = plan_building(output, job, loaded, models)
@@ -212,6 +219,24 @@ def build_manifest(
         output,
         plan,
         parts,  # type: ignore[arg-type]
+    )
+
+
+def write_results(
+    output: str,
+    collected: list[CollectedBatch],
+    output_schema: dict[str, Any] | None,
+    storage: WritableFileSystem,
+) -> RunSummary:
+    """plan → one write task per results part, over the workers → add up, stamp."""
+    plan = plan_writing(output, collected)
+    parts = write_results_part.map(unmapped(output), plan.parts, unmapped(output_schema))
+    parts.result()  # as in load_source: a part's error as itself
+    return write_parquet.with_options(result_storage=storage)(
+        output,
+        plan,
+        parts,  # type: ignore[arg-type]
+        output_schema,
     )
 
 
@@ -234,7 +259,7 @@ class Rounds:
     output: str
     job: JobConfig
     built: BuildSummary
-    storage: str
+    storage: WritableFileSystem
     credentials: str | None
     give_up_after: float | None
 

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import hashlib
 
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 
 from batchline.storage import OutputLayout, filesystem_options
 
 
-def result_storage_for(layout: OutputLayout) -> str:
-    """Save (idempotently) the storage block for ``layout`` and return its slug."""
+def result_storage_for(layout: OutputLayout) -> WritableFileSystem:
+    """Save (idempotently) the storage block for ``layout`` and return it, saved.
+
+    The saved block itself, not its slug: Prefect loads a slug again for every task, one API
+    call each, and the first load imports every installed Prefect collection (Dask's alone
+    takes half a second).
+    """
     name = "batchline-results-" + hashlib.sha256(layout.root.encode()).hexdigest()[:16]
     basepath = layout.url("prefect")
+    storage: WritableFileSystem
     if "://" in layout.root:
-        RemoteFileSystem(basepath=basepath, settings=filesystem_options(basepath)).save(
-            name, overwrite=True
-        )
-        return f"remote-file-system/{name}"
-    LocalFileSystem(basepath=basepath).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+        storage = RemoteFileSystem(basepath=basepath, settings=filesystem_options(basepath))
+    else:
+        storage = LocalFileSystem(basepath=basepath)
+    storage.save(name, overwrite=True)
+    return storage
 
 
 def forget_result(layout: OutputLayout, key: str) -> None:

@@ -50,7 +50,15 @@ from batchline.storage import Area, OutputLayout, stamped_summary
 from batchline.structured import load_output_schema
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
-from batchline.write import RunSummary, results_inputs, write_results
+from batchline.write import (
+    ResultsPart,
+    RunSummary,
+    WritePlan,
+    WrittenPart,
+    finish_write,
+    plan_write,
+    write_part,
+)
 from flows.progress import (
     describe,
     latest_expiry,
@@ -113,8 +121,7 @@ def _collect_key(_: TaskRunContext, p: dict[str, Any]) -> str:
 
 
 def _write_key(_: TaskRunContext, p: dict[str, Any]) -> str:
-    inputs = results_inputs(OutputLayout(p["output"]))
-    return _stamped_key("write", p["output"], "results", inputs)
+    return _stamped_key("write", p["output"], "results", p["plan"].inputs)
 
 
 @task(name="plan-load", cache_policy=NO_CACHE)
@@ -283,17 +290,43 @@ def collect(
     return collected
 
 
+@task(name="plan-write", cache_policy=NO_CACHE)
+def plan_writing(output: str, collected: list[CollectedBatch]) -> WritePlan:
+    """The results parts to write, or none when ``results/`` already answers the inputs."""
+    plan = plan_write(OutputLayout(output))
+    get_run_logger().info(
+        "results in %d parts from %d batches (%d collected by this run)%s",
+        len(plan.parts),
+        plan.batches,
+        len(collected),
+        " (already written)" if plan.written else "",
+    )
+    return plan
+
+
+@task(name="write-part", task_run_name="write-{part.name}", cache_policy=NO_CACHE)
+def write_results_part(
+    output: str, part: ResultsPart, output_schema: dict[str, Any] | None = None
+) -> WrittenPart:
+    """Write one results part; parts are mapped over the workers."""
+    written = write_part(OutputLayout(output), part, output_schema)
+    get_run_logger().info("wrote results part %s in %s: %d rows", part.name, where(), written.rows)
+    return written
+
+
 @task(name="write-parquet", cache_key_fn=_write_key, persist_result=True)
 def write_parquet(
-    output: str, collected: list[CollectedBatch], output_schema: dict[str, Any] | None = None
+    output: str,
+    plan: WritePlan,
+    parts: list[WrittenPart],
+    output_schema: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """The results table from the ledger, which also holds batches earlier runs collected."""
-    summary = write_results(OutputLayout(output), output_schema)
+    """The results table: the parts added up, stale parts dropped, stamped with its inputs."""
+    summary = finish_write(OutputLayout(output), plan, parts, output_schema)
     get_run_logger().info(
-        "wrote %d rows from %d batches (%d collected by this run) to %s: %s",
+        "wrote %d rows from %d batches to %s: %s",
         summary.rows,
         summary.batches,
-        len(collected),
         summary.output,
         summary.by_status,
     )

@@ -55,16 +55,20 @@ def test_steps_take_what_the_step_before_returned_and_the_summary_is_the_outputs
         )
     (submit,) = [r for r in runs if r.name == "submit-new-1"]
     (wait,) = [r for r in runs if r.name.startswith("wait-")]
-    (write,) = [r for r in runs if r.name.startswith("write-parquet-")]
+    (plan_write,) = [r for r in runs if r.name.startswith("plan-write-")]
     collects = [r for r in runs if r.name.startswith("collect-")]
-    for combine, mapped in (("load-documents-", "load-shard-"), ("build-requests-", "build-part-")):
+    for combine, mapped in (
+        ("load-documents-", "load-shard-"),
+        ("build-requests-", "build-part-"),
+        ("write-parquet-", "write-batch-"),
+    ):
         (step,) = [r for r in runs if r.name.startswith(combine)]
         shards = {r.id for r in runs if r.name.startswith(mapped)}
         assert shards and shards <= _upstream(step), step.task_inputs
     assert submit.id in _upstream(wait), wait.task_inputs
     assert collects and all(submit.id in _upstream(c) for c in collects), collects[0].task_inputs
     assert all(wait.id in _upstream(c) for c in collects), collects[0].task_inputs
-    assert {c.id for c in collects} <= _upstream(write), write.task_inputs
+    assert {c.id for c in collects} <= _upstream(plan_write), plan_write.task_inputs
     by_key = {a.key: a for a in artifacts}
     summary = by_key[artifact_key("batchline-summary", str(tmp_path / "out"))]
     assert summary.type == "markdown" and "| succeeded | 5 |" in str(summary.data)

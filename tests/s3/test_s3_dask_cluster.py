@@ -3,8 +3,8 @@
 A ``dask scheduler`` and two ``dask worker`` processes are started apart, each with only the
 environment a machine of the cluster would have: the Prefect server's address, the S3 endpoint
 and credentials, the API's address and key. The driver (this process) keeps the ledger and the
-API calls; loading, building and collecting run on the workers, which are long-lived: they keep
-their filesystem instances from one round and one run to the next.
+API calls; loading, building, collecting and writing the results parts run on the workers, which
+are long-lived: they keep their filesystem instances from one round and one run to the next.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _upload_documents(fs: s3fs.S3FileSystem, count: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_cluster_of_separate_processes_loads_builds_and_collects_on_its_workers(
+def test_a_cluster_of_separate_processes_loads_builds_collects_and_writes_on_its_workers(
     s3: s3fs.S3FileSystem,
     storage_options: dict[str, Any],
     tmp_path: Path,
@@ -133,10 +133,13 @@ def test_a_cluster_of_separate_processes_loads_builds_and_collects_on_its_worker
         # the collects of the retry subflow too, so it used the same cluster.
         run = state.state_details.flow_run_id
         assert run is not None
-        for step in ("loaded shard ", "built part-", "collected "):
+        for step in ("loaded shard ", "built part-", "collected ", "wrote results part "):
             pids = logged_pids(run, step)
             assert pids and pids <= set(workers.values()), (step, pids, workers)
         assert len(logged_pids(run, "collected ")) == 2, "both workers collected"
+        # What the driver handed the write parts through the store is gone once they are done.
+        s3.invalidate_cache()
+        assert [p for p in s3.ls(f"{BUCKET}/out/results") if "/.answers-" in p] == []
 
         # A second run on the same workers, whose filesystems have listed the output before,
         # sees everything the first one wrote: it pays for nothing and writes the same table.
