@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The Message Batches API's own limits (anthropic/types/messages/batch_create_params.py docs).
 MAX_REQUESTS_PER_BATCH = 100_000
-MAX_BATCH_BYTES = 256 * 1024 * 1024
+# "256 MB" read as decimal, the stricter reading, as the emulator reads it: a batch cut at 256 MiB
+# (268,435,456 bytes) was refused whole with a 413, and the run with it.
+MAX_BATCH_BYTES = 256_000_000
 
 DEFAULT_MODEL = "claude-haiku-4-5"
 # JobConfig fields naming the columns whose values override the run's own, row by row.

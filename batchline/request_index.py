@@ -34,12 +34,14 @@ from batchline.retry import RequestState, Submission, submission_kind
 from batchline.storage import STAMP, OutputLayout, part_name
 
 # Bumped when the tables change: an index of another version is rebuilt.
-VERSION = "2"
+VERSION = "3"
 _NAME = ".request-index.sqlite"
 # Rows per executemany: bounds the Python objects alive at once.
 _CHUNK = 50_000
-# A manifest part is kept as one integer, shard * _PIECES + piece: it sorts like the names.
-_PIECES = 100_000
+# A manifest part is kept as one integer, shard * _PIECES + piece, in source order. Shard and
+# piece numbers outgrow their five digits (--shard-size 1 over a long file), so neither is capped
+# at 100,000.
+_PIECES = 1_000_000_000
 # SQLite's page cache, negative = KiB: the index is on disk, not in the process.
 _CACHE_KIB = 64 * 1024
 
@@ -343,7 +345,8 @@ def _rebuild(
 
 def _part_number(name: str) -> int:
     """``part-SSSSS-PPPPP.parquet`` as one integer: every piece of a shard its own number."""
-    return int(name[5:10]) * _PIECES + int(name[11:16])
+    shard, piece = name.removeprefix("part-").removesuffix(".parquet").split("-")
+    return int(shard) * _PIECES + int(piece)
 
 
 def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:

@@ -17,7 +17,8 @@ from batchline.build import (
     requested_models,
     split_batches,
 )
-from batchline.config import ConfigError, JobConfig, SourceOptions
+from batchline.config import MAX_REQUESTS_PER_BATCH, ConfigError, JobConfig, SourceOptions
+from batchline.emulator.server import MAX_BODY_BYTES
 from batchline.load import Document, stage_documents
 from batchline.models import ModelLimits, ModelTable
 from batchline.pricing import Usage, cost_usd
@@ -60,6 +61,18 @@ def test_split_never_exceeds_limits_and_drops_nothing(
         assert 1 <= len(r) <= max_requests
         # the body is {"requests":[...]}: request bytes plus commas plus the envelope
         assert sum(sizes[i] + 1 for i in r) + 64 <= max_bytes
+
+
+def test_a_batch_cut_at_the_default_byte_limit_is_a_body_the_api_accepts() -> None:
+    # The API's "256 MB", read as the emulator reads it (docs/emulator.md): 256,000,000 bytes,
+    # the stricter reading. A batch cut at 256 MiB was refused whole (413), and the run with it.
+    # 11,000 requests of 26 KB, as a source of 26 KB documents gives: cut by bytes, not count.
+    size = 26_000
+    ranges = split_batches([size] * 11_000, MAX_REQUESTS_PER_BATCH, JobConfig().max_batch_bytes)
+    assert len(ranges) == 2
+    # The create body: {"requests":[ + the requests, comma-separated + ]}
+    largest = max(len(b'{"requests":[]}') + len(r) * (size + 1) - 1 for r in ranges)
+    assert largest <= MAX_BODY_BYTES
 
 
 def test_build_shard_renders_template_and_system_with_cache_control() -> None:

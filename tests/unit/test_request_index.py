@@ -20,10 +20,13 @@ from batchline.storage import OutputLayout, part_name
 from batchline.submit import pending_parts
 
 
-def _manifest(layout: OutputLayout, parts: list[list[tuple[str, str]]]) -> None:
+def _manifest(
+    layout: OutputLayout, parts: list[list[tuple[str, str]]], names: list[str] | None = None
+) -> None:
     """Manifest parts of (custom_id, params_hash); doc_id is the custom_id.
 
-    Two pieces per shard, as a source file longer than a shard gives: each piece is its own part.
+    Without ``names``, two pieces per shard, as a source file longer than a shard gives: each
+    piece is its own part.
     """
     for number, part in enumerate(parts):
         rows = [
@@ -39,9 +42,8 @@ def _manifest(layout: OutputLayout, parts: list[list[tuple[str, str]]]) -> None:
             }
             for cid, ph in part
         ]
-        layout.write_table(
-            "manifest", part_name(*divmod(number, 2)), schemas.table(rows, schemas.MANIFEST)
-        )
+        name = names[number] if names else part_name(*divmod(number, 2))
+        layout.write_table("manifest", name, schemas.table(rows, schemas.MANIFEST))
 
 
 def _submit(layout: OutputLayout, batch_id: str, requests: list[tuple[str, str]]) -> LedgerEntry:
@@ -176,3 +178,17 @@ def test_submit_refuses_an_index_that_points_at_other_requests(tmp_path: Path) -
         db.execute("UPDATE requests SET row = 1 WHERE custom_id = 'a'")
     with pytest.raises(RunError, match=r"disagrees with manifest part-00000-00000\.parquet"):
         list(pending_parts(layout, job))
+
+
+def test_parts_numbered_past_five_digits_are_each_their_own_part(tmp_path: Path) -> None:
+    # --shard-size 1 over a file of 100,001 documents gives piece 100000, whose name has six
+    # digits; a folder of 100,000 shards gives shard 100000. Each must stay its own part.
+    layout = OutputLayout(str(tmp_path / "out"))
+    names = [part_name(0, 10_000), part_name(0, 100_000), part_name(10_000), part_name(100_000)]
+    _manifest(layout, [[("a", "h")], [("b", "h")], [("c", "h")], [("d", "h")]], names)
+    with open_index(layout) as index:
+        pending = sorted((part, ids) for part, _, ids in index.pending_rows(None))
+    assert pending == sorted(zip(names, [["a"], ["b"], ["c"], ["d"]], strict=True))
+    assert sorted(
+        c for t in pending_parts(layout, JobConfig()) for c in t["custom_id"].to_pylist()
+    ) == ["a", "b", "c", "d"]
