@@ -142,10 +142,7 @@ def create_or_adopt(
             delay = _retry_after(exc) or delay
         except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
             if isinstance(exc, anthropic.APIStatusError) and not _ambiguous(exc.status_code):
-                raise SubmitError(
-                    f"the API refused batch intent {entry.key} ({entry.request_count} requests): "
-                    f"{exc.status_code} {exc.message}"
-                ) from exc
+                raise SubmitError(_refusal(entry, len(body), exc)) from exc
             last_error = exc
             adoptable = find_adoptable(client, entry, known_batch_ids)
             if adoptable is not None:
@@ -241,6 +238,17 @@ def create_body(chunk: pa.Table) -> bytes:
         )
     ]
     return b'{"requests":[' + b",".join(items) + b"]}"
+
+
+def _refusal(entry: LedgerEntry, size: int, exc: anthropic.APIStatusError) -> str:
+    """One line: which intent the API refused, and what to change when the answer says."""
+    refused = f"the API refused batch intent {entry.key} ({entry.request_count} requests"
+    if exc.status_code == 413:
+        # Batches are cut under the documented 256 MB; an endpoint that counts less refuses them.
+        return (
+            f"{refused}, {size:,} bytes) as too large (413): run again with a smaller --batch-size"
+        )
+    return f"{refused}): {exc.status_code} {exc.message}"
 
 
 def _ambiguous(status: int) -> bool:

@@ -294,3 +294,30 @@ def test_a_refusal_prints_its_line_and_no_traceback(
     assert expected in printed
     assert "Traceback" not in printed
     assert "Failed" not in printed
+
+
+def test_a_batch_the_api_finds_too_large_is_refused_in_one_line_and_smaller_batches_finish(
+    tmp_path: Path,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An endpoint that counts its size limit smaller than batchline cuts its batches.
+    monkeypatch.setattr("batchline.emulator.server.MAX_BODY_BYTES", 1000)
+    docs = write_documents(tmp_path / "docs", 5)
+    argv = ["run", str(tmp_path / "docs"), "--output", str(tmp_path / "out"), *FAST]
+
+    code, printed = _cli(capsys, *argv)
+
+    assert code == 1, printed
+    assert "as too large (413): run again with a smaller --batch-size" in printed
+    assert "Traceback" not in printed
+    assert emulator.stats(per_custom_id=False)["requests_submitted"] == 0
+
+    code, printed = _cli(capsys, *argv, "--batch-size", "1")
+
+    assert code == 0, printed
+    table = pd.read_parquet(tmp_path / "out" / "results")
+    assert sorted(table.doc_id) == sorted(docs)
+    assert set(table.status) == {"succeeded"}
+    assert emulator.stats(per_custom_id=False)["requests_submitted"] == len(docs)
