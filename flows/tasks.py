@@ -149,7 +149,7 @@ def load_documents(output: str, fingerprint: str, staged: list[StagedShard]) -> 
     """The staged documents, checked across shards and stamped with the source's fingerprint."""
     summary = finish_load(OutputLayout(output), fingerprint, staged)
     get_run_logger().info(
-        "loaded %d documents in %d shards (%d invalid)",
+        "loaded %d documents into %d parts of documents/ (%d invalid)",
         summary.documents,
         summary.shards,
         summary.invalid,
