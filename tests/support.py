@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -22,6 +23,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from batchline.config import DEFAULT_MODEL
 from batchline.emulator import Emulator
 from batchline.models import ModelLimits, ModelTable
 from batchline.retry import RETRYABLE_ERROR_TYPES
@@ -171,3 +173,21 @@ def logged_pids(flow_run_id: UUID, prefix: str) -> set[int]:
         if log.message.startswith(prefix)
         and (match := re.search(r" in process (\d+) on ", log.message))
     }
+
+
+def result_line(custom_id: str, outcome: str, answer: str, model: str = DEFAULT_MODEL) -> bytes:
+    """One line of a batch's results file: ``outcome`` is succeeded, expired or an error type."""
+    result: dict[str, Any]
+    if outcome == "succeeded":
+        message = {
+            "model": model,
+            "content": [{"type": "text", "text": answer}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        }
+        result = {"type": "succeeded", "message": message}
+    elif outcome == "expired":
+        result = {"type": "expired"}
+    else:
+        result = {"type": "errored", "error": {"type": "error", "error": {"type": outcome}}}
+    return orjson.dumps({"custom_id": custom_id, "result": result})

@@ -26,7 +26,7 @@ from batchline.load import stage_documents
 from batchline.retry import needs_submission
 from batchline.storage import OutputLayout
 from batchline.write import write_results
-from tests.support import model_table
+from tests.support import model_table, result_line
 
 JOB = JobConfig()
 OUTCOMES = ["succeeded", "overloaded_error", "invalid_request_error", "expired"]
@@ -37,23 +37,6 @@ doc_ids = st.lists(
     max_size=25,
     unique=True,
 )
-
-
-def _result_line(custom_id: str, outcome: str, answer: str) -> bytes:
-    result: dict[str, Any]
-    if outcome == "succeeded":
-        message = {
-            "model": JOB.model,
-            "content": [{"type": "text", "text": answer}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": 3, "output_tokens": 4},
-        }
-        result = {"type": "succeeded", "message": message}
-    elif outcome == "expired":
-        result = {"type": "expired"}
-    else:
-        result = {"type": "errored", "error": {"type": "error", "error": {"type": outcome}}}
-    return orjson.dumps({"custom_id": custom_id, "result": result})
 
 
 def _staged(root: str, ids: list[str], shard_size: int) -> tuple[OutputLayout, pa.Table]:
@@ -86,7 +69,7 @@ def test_every_result_lands_on_its_row_whatever_the_order(ids: list[str], data: 
         first = {cid: data.draw(st.sampled_from(OUTCOMES), label=cid) for cid in doc_of}
         expected = {doc_of[c]: (o, 1, f"{doc_of[c]} in b1") for c, o in first.items()}
         _submit(layout, manifest, "msgbatch_1")
-        lines = [_result_line(c, o, f"{doc_of[c]} in b1") for c, o in first.items()]
+        lines = [result_line(c, o, f"{doc_of[c]} in b1") for c, o in first.items()]
         write_collected(layout, "msgbatch_1", data.draw(st.permutations(lines)), set(doc_of))
 
         # The retry pass takes exactly the retryable ones, and all of them succeed.
@@ -100,7 +83,7 @@ def test_every_result_lands_on_its_row_whatever_the_order(ids: list[str], data: 
         assert set(retried) == {c for c, o in first.items() if o in ("overloaded_error", "expired")}
         if again.num_rows:
             _submit(layout, again, "msgbatch_2")
-            lines = [_result_line(c, "succeeded", f"{doc_of[c]} in b2") for c in retried]
+            lines = [result_line(c, "succeeded", f"{doc_of[c]} in b2") for c in retried]
             write_collected(layout, "msgbatch_2", data.draw(st.permutations(lines)), set(retried))
             for c in retried:
                 expected[doc_of[c]] = ("succeeded", 2, f"{doc_of[c]} in b2")
@@ -130,9 +113,9 @@ def test_a_result_the_ledger_does_not_list_fails_the_batch_and_writes_nothing(
     with tempfile.TemporaryDirectory() as root:
         layout, manifest = _staged(root, ids, shard_size=10)
         custom_ids = manifest["custom_id"].to_pylist()
-        lines = [_result_line(c, "succeeded", "ok") for c in custom_ids]
+        lines = [result_line(c, "succeeded", "ok") for c in custom_ids]
         if stray == "unknown":
-            extra = _result_line("not-in-this-batch", "succeeded", "ok")
+            extra = result_line("not-in-this-batch", "succeeded", "ok")
         else:
             extra = data.draw(st.sampled_from(lines))
         lines.insert(data.draw(st.integers(0, len(lines))), extra)

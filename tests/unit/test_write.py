@@ -4,7 +4,6 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pandas as pd
@@ -27,7 +26,7 @@ from batchline.write import (
     write_part,
     write_results,
 )
-from tests.support import model_table
+from tests.support import model_table, result_line
 
 JOB = JobConfig()
 
@@ -61,21 +60,6 @@ def test_each_row_is_costed_by_its_own_model_with_one_hour_writes_apart() -> Non
     assert costs[3] == 0.0
 
 
-def _result_line(custom_id: str, outcome: str, answer: str) -> bytes:
-    result: dict[str, Any]
-    if outcome == "succeeded":
-        message = {
-            "model": JOB.model,
-            "content": [{"type": "text", "text": answer}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": 3, "output_tokens": 4},
-        }
-        result = {"type": "succeeded", "message": message}
-    else:
-        result = {"type": "errored", "error": {"type": "error", "error": {"type": outcome}}}
-    return orjson.dumps({"custom_id": custom_id, "result": result})
-
-
 def _submitted(layout: OutputLayout, requests: pa.Table, batch_id: str) -> None:
     now = datetime.now(UTC)
     ledger = Ledger(layout)
@@ -83,7 +67,7 @@ def _submitted(layout: OutputLayout, requests: pa.Table, batch_id: str) -> None:
 
 
 def _answered(layout: OutputLayout, batch_id: str, outcomes: dict[str, str]) -> None:
-    lines = [_result_line(c, o, f"answer to {c} in {batch_id}") for c, o in outcomes.items()]
+    lines = [result_line(c, o, f"answer to {c} in {batch_id}") for c, o in outcomes.items()]
     write_collected(layout, batch_id, lines, set(outcomes))
 
 
