@@ -73,7 +73,7 @@ def backfill(
     outcomes = [
         PartitionOutcome(day=p.day, output=p.output, state="Skipped (complete)")
         if partition_complete(p.output, job)
-        else start_partition(target, p, settings)
+        else start_partition(target, p, settings, job)
         for p in partitions
     ]
     create_table_artifact(
@@ -112,12 +112,13 @@ def partition_complete(output: str, job: JobConfig) -> bool:
 
 @task(name="start-partition", task_run_name="partition-{partition.day}", cache_policy=NO_CACHE)
 def start_partition(
-    deployment: str, partition: Partition, parameters: dict[str, Any]
+    deployment: str, partition: Partition, parameters: dict[str, Any], job: JobConfig
 ) -> PartitionOutcome:
     """The day's pipeline run still in progress, or a new one; never a second one in progress.
 
     Run n of a day has idempotency key (deployment, output, n): asking for it returns the run
-    that key already made, if any. The first key whose run has not ended (or did not exist) wins.
+    that key already made, if any. The first key whose run has not ended (or did not exist) wins,
+    or whose run completed the day: it may have finished after the backfill found the day open.
     """
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
@@ -134,7 +135,10 @@ def start_partition(
         )
         assert isinstance(run, FlowRun)  # sync call: the run, not an awaitable
         state = run.state.name if run.state else "Unknown"
-        if not (run.state and run.state.is_final()):
+        completed = bool(run.state and run.state.is_completed())
+        if not (run.state and run.state.is_final()) or (
+            completed and partition_complete(partition.output, job)
+        ):
             logger.info("partition %s: run %s is %s", partition.day, run.name, state)
             return PartitionOutcome(
                 day=partition.day,

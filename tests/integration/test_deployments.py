@@ -44,11 +44,13 @@ from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from batchline.config import JobConfig
 from batchline.ledger import Ledger
 from batchline.report import artifact_key
 from batchline.storage import OutputLayout
 from blocks.credentials import AnthropicCredentials
 from deployments import stack
+from flows.backfill import plan_partitions, start_partition
 from flows.names import CHECK_FLOW, PIPELINE_FLOW
 from flows.pipeline import batch_pipeline
 from flows.suspend import WAIT_KEY_PREFIX
@@ -312,6 +314,16 @@ def test_backfill_starts_each_day_once_and_skips_a_finished_one(
     day_run = UUID(outcomes["2024-03-02"]["flow_run_id"])
     final = _wait_for_run(day_run, lambda r: bool(r.state and r.state.is_final()), 240)
     assert final.state is not None and final.state.is_completed(), final.state
+    # A backfill that found the day open just before that run completed it asks for the day's
+    # run after: it gets that run back, and no second one starts.
+    [partition] = plan_partitions(
+        str(tmp_path / "docs" / "{date:%Y-%m-%d}"), str(output), *days[1:] * 2
+    )
+    parameters = {"credentials_block": deployed.fast.credentials_block, **FAST}
+    late = start_partition(PIPELINE, partition, parameters, JobConfig())
+    assert (late.flow_run_id, late.state) == (day_run, "Completed")
+    day_runs = [r for r in _flow_runs(PIPELINE_FLOW) if r.parameters["output"] == partition.output]
+    assert [r.id for r in day_runs] == [day_run]
 
     after = deployed.fast.stats()
     assert after["batches_created"] == before["batches_created"] + 1
