@@ -1,7 +1,10 @@
-"""Wait for batches to end, polling with backoff instead of a fixed interval.
+"""Wait for batches to end, polling less often the longer they have run.
 
 A batch takes minutes to 24 hours and request_counts stay at ``processing`` until it ends, so
-frequent polls buy nothing: start at ``poll_interval`` and stretch towards ``max_poll_interval``.
+frequent polls buy nothing. The wait before the next poll is a fifth of the age of the oldest
+batch still processing (between ``poll_interval`` and ``max_poll_interval``): an ended batch is
+seen at most a fifth of its time late, a long batch costs a poll per ``max_poll_interval``, and
+a run resumed hours after its submit polls at the pace of its batches' age, not from the start.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from batchline.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FACTOR = 1.5
+LATENESS = 0.2
 EXPIRY_WARNING = timedelta(hours=2)
 
 
-def poll_delays(first: float, cap: float) -> Iterable[float]:
-    """first, first*1.5, ... capped at ``cap``, forever."""
-    delay = first
-    while True:
-        yield min(delay, cap)
-        delay = min(delay * BACKOFF_FACTOR, cap)
+def next_delay(batches: dict[str, MessageBatch], first: float, cap: float) -> float:
+    """Seconds until the next poll: a fifth of the oldest processing batch's age, within
+    [``first``, ``cap``]. Its age comes from the API's ``created_at``, so our clock running
+    behind the API's only shortens the wait to ``first``."""
+    created = [b.created_at for b in batches.values() if b.processing_status != "ended"]
+    age = (datetime.now(UTC) - min(created)).total_seconds() if created else 0.0
+    return min(max(age * LATENESS, first), cap)
 
 
 def retrieve_all(client: anthropic.Anthropic, batch_ids: Iterable[str]) -> dict[str, MessageBatch]:
@@ -54,7 +58,6 @@ def wait_for_batches(
     hold a worker for hours.
     """
     started = time.monotonic()
-    delays = iter(poll_delays(poll_interval, max_poll_interval))
     warned: set[str] = set()
     while True:
         batches = retrieve_all(client, batch_ids)
@@ -63,7 +66,7 @@ def wait_for_batches(
         _warn_near_expiry(batches, warned)
         if all_ended(batches):
             return batches
-        delay = next(delays)
+        delay = next_delay(batches, poll_interval, max_poll_interval)
         if give_up_after is not None and time.monotonic() - started + delay > give_up_after:
             return batches
         sleep(delay)
