@@ -18,7 +18,7 @@ import anthropic
 import pyarrow as pa
 from anthropic.types.messages import MessageBatch
 
-from batchline.build import split_batches
+from batchline.build import request_line, split_batches
 from batchline.config import JobConfig, RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger, LedgerEntry
@@ -88,6 +88,10 @@ def submit_pending(
             _log_adoption(entry, batch.id)
         else:
             log.info("submitted batch %s with %d requests", batch.id, entry.request_count)
+    if created:
+        # The index takes the new entries now, while the API processes their batches: left to
+        # the first look after the wait, they would add a second per 100,000 requests to it.
+        open_index(layout, job.max_attempts, job.retry_invalid_output).close()
     failpoint("submit.done")
     return created
 
@@ -228,9 +232,8 @@ def _pending_chunks(
 
 def create_body(chunk: pa.Table) -> bytes:
     """The create request's JSON from the manifest's stored params, without parsing them."""
-    # custom_ids match ^[a-zA-Z0-9_-]{1,64}$ (build.py), so they need no JSON escaping.
     items = [
-        b'{"custom_id":"%s","params":%s}' % (cid.encode(), params.encode())
+        request_line(cid, params.encode())
         for cid, params in zip(
             chunk.column("custom_id").to_pylist(),
             chunk.column("params_json").to_pylist(),

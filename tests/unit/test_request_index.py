@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anthropic
 import orjson
 import pyarrow as pa
 import pytest
@@ -13,11 +15,12 @@ import pytest
 from batchline import schemas
 from batchline.collect import write_collected
 from batchline.config import JobConfig, RunError
+from batchline.emulator import Emulator
 from batchline.ledger import Ledger, LedgerEntry
 from batchline.request_index import index_path, open_index
 from batchline.retry import RequestState, submission_kind
 from batchline.storage import OutputLayout, part_name
-from batchline.submit import pending_parts
+from batchline.submit import pending_parts, submit_pending
 
 
 def _manifest(
@@ -192,3 +195,42 @@ def test_parts_numbered_past_five_digits_are_each_their_own_part(tmp_path: Path)
     assert sorted(
         c for t in pending_parts(layout, JobConfig()) for c in t["custom_id"].to_pylist()
     ) == ["a", "b", "c", "d"]
+
+
+def test_submit_leaves_the_index_holding_its_batches(
+    tmp_path: Path, emulator_factory: Callable[..., Emulator]
+) -> None:
+    """So that the index's work on them overlaps the API's, not the next round's start."""
+    layout = OutputLayout(str(tmp_path / "out"))
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    rows = [
+        {
+            "custom_id": cid,
+            "doc_id": cid,
+            "params_json": orjson.dumps(params).decode(),
+            "params_hash": "h",
+            "request_bytes": 100,
+            "estimated_input_tokens": 1,
+            "model": "claude-haiku-4-5",
+            "max_tokens": 8,
+        }
+        for cid in ("a", "b", "c")
+    ]
+    layout.write_table("manifest", part_name(0), schemas.table(rows, schemas.MANIFEST))
+    emulator = emulator_factory()
+    client = anthropic.Anthropic(api_key="test-key", base_url=emulator.base_url)
+    job = JobConfig(max_requests_per_batch=2)
+
+    entries = submit_pending(client, layout, job)
+
+    assert len(entries) == 2
+    # Read as the file stands, without open_index (which would absorb them itself).
+    with sqlite3.connect(index_path(layout)) as db:
+        absorbed = dict(db.execute("SELECT key, batch_id FROM entries").fetchall())
+        in_flight = db.execute("SELECT count(*) FROM requests WHERE batch_id IS NOT NULL")
+        assert in_flight.fetchone()[0] == 3
+    assert absorbed == {e.key: e.batch_id for e in entries}
