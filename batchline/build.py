@@ -54,6 +54,13 @@ def custom_id_for(doc_id: str, params_hash: str) -> str:
     return f"{slug}-{digest}"
 
 
+def request_line(custom_id: str, params_json: bytes) -> bytes:
+    """One request of a create body, from its params as JSON: the manifest's ``request_bytes``
+    are the lengths of these, so the batches cut by them are the bodies submit sends."""
+    # custom_ids match CUSTOM_ID_PATTERN, so they need no JSON escaping.
+    return b'{"custom_id":"%s","params":%s}' % (custom_id.encode(), params_json)
+
+
 def estimate_tokens(chars: int) -> int:
     """The project's token estimate: about four characters a token, at least one."""
     return max(1, math.ceil(chars / CHARS_PER_TOKEN))
@@ -163,15 +170,23 @@ def build_shard(
     """
     manifest: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
+    columns = (job.model_column, job.max_tokens_column, job.system_column, job.temperature_column)
+    # A row's settings follow from its values in those columns alone, and most rows share them.
+    settings: dict[tuple[str | None, ...], tuple[JobConfig, ModelLimits] | RowError] = {}
     for doc in docs:
         if doc.invalid_reason is not None:
             invalid.append({"doc_id": doc.doc_id, "reason": doc.invalid_reason})
             continue
-        try:
-            row, limits = row_job(doc, job, models)
-        except RowError as exc:
-            invalid.append({"doc_id": doc.doc_id, "reason": str(exc)})
+        values = tuple(map(doc.fields.get, columns)) if doc.fields else ()
+        if (found := settings.get(values)) is None:
+            try:
+                found = settings[values] = row_job(doc, job, models)
+            except RowError as exc:
+                found = settings[values] = exc
+        if isinstance(found, RowError):
+            invalid.append({"doc_id": doc.doc_id, "reason": str(found)})
             continue
+        row, limits = found
         try:
             params = render_params(doc, row)
         except (KeyError, IndexError, ValueError) as exc:
@@ -182,7 +197,8 @@ def build_shard(
         if custom_id in taken_custom_ids:
             invalid.append({"doc_id": doc.doc_id, "reason": f"custom_id {custom_id} collides"})
             continue
-        body = orjson.dumps({"custom_id": custom_id, "params": params})
+        params_json = orjson.dumps(params)
+        body = request_line(custom_id, params_json)
         tokens = estimate_tokens(len(params["messages"][0]["content"]) + len(row.system or ""))
         context = limits.max_input_tokens
         if context is not None and tokens + row.max_tokens > context:
@@ -204,7 +220,7 @@ def build_shard(
             {
                 "custom_id": custom_id,
                 "doc_id": doc.doc_id,
-                "params_json": orjson.dumps(params).decode(),
+                "params_json": params_json.decode(),
                 "params_hash": digest,
                 "request_bytes": len(body),
                 "estimated_input_tokens": tokens,
@@ -283,14 +299,19 @@ def plan_build(
 
 
 def build_part(layout: OutputLayout, job: JobConfig, models: ModelTable, name: str) -> BuiltPart:
-    """Render staged part ``name`` into the ``manifest/`` and ``invalid/`` parts of that name.
+    """Render staged part ``name`` into the ``manifest/`` part of that name, and the
+    ``invalid/`` part too when some document of it is invalid.
 
     Custom_ids need checking within a part only: the load step left one valid document per
     doc_id, and a custom_id hashes its doc_id.
     """
     manifest, bad = build_shard(read_staged(layout, name), job, set(), models)
     layout.write_table("manifest", name, manifest)
-    layout.write_table("invalid", name, bad)
+    # Most parts have no invalid document: no file, so the write plans no task for them.
+    if bad.num_rows:
+        layout.write_table("invalid", name, bad)
+    elif layout.exists("invalid", name):  # an earlier run's invalid rows of this part
+        layout.fs.rm(layout.path("invalid", name))
     sums = manifest.group_by("model").aggregate(
         [("estimated_input_tokens", "sum"), ("max_tokens", "sum")]
     )

@@ -242,3 +242,22 @@ def test_worst_case_cost_prices_each_row_by_its_own_model(tmp_path: Path) -> Non
     assert haiku is not None and sonnet is not None
     assert summary.worst_case_cost_usd == pytest.approx(haiku + sonnet)
     assert summary.unpriced_models == []
+
+
+def test_invalid_parts_are_files_only_while_they_hold_rows(tmp_path: Path) -> None:
+    source = tmp_path / "rows.jsonl"
+    rows = [{"id": "a", "text": "fine"}, {"id": "b", "text": "also fine", "max_tokens": "lots"}]
+    source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    layout = OutputLayout(str(tmp_path / "out"))
+    loaded = stage_documents(str(source), layout, SourceOptions())
+    summary = build_manifest(layout, JobConfig(), loaded.fingerprint, MODELS)
+    assert summary.invalid == 1
+    assert len(layout.names("invalid", ".parquet")) == 1
+
+    # The row's bad value gone, the part has no invalid row: its earlier file must not stay
+    # behind to be written as a result.
+    source.write_bytes(orjson.dumps(rows[0]) + b"\n" + orjson.dumps({"id": "b", "text": "x"}))
+    loaded = stage_documents(str(source), layout, SourceOptions())
+    summary = build_manifest(layout, JobConfig(), loaded.fingerprint, MODELS)
+    assert summary.invalid == 0 and summary.requests == 2
+    assert layout.names("invalid", ".parquet") == []
