@@ -328,8 +328,8 @@ def _rebuild(
         entries, collected, manifest = _fingerprints(layout)
         _absorb_manifest(db, layout)
         db.execute("CREATE INDEX requests_by_batch ON requests (batch_id)")
+        # Each absorbed batch sets its own requests' kinds: the rest are still 'new'.
         _absorb(db, layout, entries, collected, {})
-        db.execute(f"UPDATE requests SET {_SET_KIND}")
         db.execute("CREATE INDEX pending ON requests (kind, part, row) WHERE kind IS NOT NULL")
         db.executemany(
             "INSERT INTO meta VALUES (?, ?)",
@@ -372,9 +372,10 @@ def _absorb_manifest(db: sqlite3.Connection, layout: OutputLayout) -> None:
                     strict=True,
                 ),
             )
+    # Never submitted yet, so every one is 'new' (submission_kind of no state).
     db.execute(
-        "INSERT INTO requests (custom_id, doc_id, part, row, manifest_hash) "
-        "SELECT * FROM staged ORDER BY custom_id"
+        "INSERT INTO requests (custom_id, doc_id, part, row, manifest_hash, kind) "
+        "SELECT *, 'new' FROM staged ORDER BY custom_id"
     )
     db.execute("DROP TABLE staged")
 
@@ -388,7 +389,9 @@ def _absorb(
 ) -> None:
     """Absorb ledger ``entries`` (key order), then collected files not absorbed before."""
     for key, batch_id in entries:
-        ids = layout.read_table("ledger", f"{key}.parquet")
+        # In the B-tree's (custom_id) order: a source whose ids come out of order then costs
+        # what an ordered one does (100,000 shuffled ids: 1.8 s unsorted, 1.1 s sorted).
+        ids = layout.read_table("ledger", f"{key}.parquet").sort_by("custom_id")
         for offset in range(0, ids.num_rows, _CHUNK):
             chunk = ids.slice(offset, _CHUNK)
             # Same params: one more attempt; new params: a new request, attempt one.
@@ -412,9 +415,11 @@ def _absorb(
     for batch_id, size in sorted(collected.items()):
         if batch_id in had or batch_id not in held:
             continue
+        # Results come in any order; sorted, the updates walk the B-tree in order (100,000:
+        # 0.6 s against 0.8 s).
         outcome = layout.read_table(
             "collected", f"{batch_id}.parquet", columns=["custom_id", "status", "error_type"]
-        )
+        ).sort_by("custom_id")
         for offset in range(0, outcome.num_rows, _CHUNK):
             chunk = outcome.slice(offset, _CHUNK)
             # Only where this batch is still the latest: a later attempt supersedes it.
