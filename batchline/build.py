@@ -33,6 +33,7 @@ from batchline.structured import output_format
 log = logging.getLogger(__name__)
 
 CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NOT_IN_CUSTOM_IDS = re.compile(r"[^a-zA-Z0-9_-]+")
 CHARS_PER_TOKEN = 4
 # 41 + "-" + 22 = 64 characters, the pattern's limit; 22 hex digits are 88 bits of hash.
 _SLUG_CHARS = 41
@@ -49,7 +50,7 @@ def custom_id_for(doc_id: str, params_hash: str) -> str:
     gets a new one. So an answer on record is reused only for a byte-identical request, and a
     batch adopted after a lost create is recognised as ours (or not) by its results' ids alone.
     """
-    slug = re.sub(r"[^a-zA-Z0-9_-]+", "_", doc_id).strip("_")[:_SLUG_CHARS] or "doc"
+    slug = _NOT_IN_CUSTOM_IDS.sub("_", doc_id).strip("_")[:_SLUG_CHARS] or "doc"
     digest = hashlib.sha256(f"{doc_id}\0{params_hash}".encode()).hexdigest()[:_ID_HASH_CHARS]
     return f"{slug}-{digest}"
 
@@ -156,8 +157,11 @@ def requested_models(layout: OutputLayout, job: JobConfig) -> set[str]:
     return models
 
 
-def params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def params_json_and_hash(params: dict[str, Any]) -> tuple[bytes, str]:
+    """The params as the request sends them, and their hash; keys sorted, so the same params
+    always give the same bytes and hash."""
+    encoded = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+    return encoded, hashlib.sha256(encoded).hexdigest()
 
 
 def build_shard(
@@ -192,12 +196,11 @@ def build_shard(
         except (KeyError, IndexError, ValueError) as exc:
             invalid.append({"doc_id": doc.doc_id, "reason": f"template: no field {exc}"})
             continue
-        digest = params_hash(params)
+        params_json, digest = params_json_and_hash(params)
         custom_id = custom_id_for(doc.doc_id, digest)
         if custom_id in taken_custom_ids:
             invalid.append({"doc_id": doc.doc_id, "reason": f"custom_id {custom_id} collides"})
             continue
-        params_json = orjson.dumps(params)
         body = request_line(custom_id, params_json)
         tokens = estimate_tokens(len(params["messages"][0]["content"]) + len(row.system or ""))
         context = limits.max_input_tokens

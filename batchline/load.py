@@ -589,12 +589,12 @@ def stage_documents(source: str, layout: OutputLayout, options: SourceOptions) -
 
 def read_staged(layout: OutputLayout, name: str) -> list[Document]:
     """The documents of one staged part."""
+    table = layout.read_table("documents", name)
+    # Column by column: a dict per row (Table.to_pylist) is a fifth slower.
+    columns = (
+        table.column(c).to_pylist() for c in ("doc_id", "text", "fields_json", "invalid_reason")
+    )
     return [
-        Document(
-            row["doc_id"],
-            row["text"],
-            orjson.loads(row["fields_json"]) if row["fields_json"] else {},
-            row["invalid_reason"],
-        )
-        for row in layout.read_table("documents", name).to_pylist()
+        Document(doc_id, text, orjson.loads(fields) if fields else {}, reason)
+        for doc_id, text, fields, reason in zip(*columns, strict=True)
     ]
