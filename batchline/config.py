@@ -93,10 +93,10 @@ class JobConfig(BaseModel):
         3, ge=1, le=10, description="Submissions per request, counting the first one."
     )
     poll_interval: float = Field(
-        10.0, gt=0, le=3600, description="First wait between status polls, in seconds."
+        10.0, gt=0, le=3600, description="Shortest wait between status polls, in seconds."
     )
     max_poll_interval: float = Field(
-        300.0, gt=0, le=3600, description="Cap of the polling backoff, in seconds."
+        300.0, gt=0, le=3600, description="Longest wait between status polls, in seconds."
     )
     max_cost_usd: float | None = Field(
         None, ge=0, description="Refuse to submit when the worst-case estimate exceeds this."

@@ -116,8 +116,9 @@ def batch_pipeline(
             attempt is paid for).
         max_attempts: Submissions per request, counting the first; only retryable failures
             are resubmitted.
-        poll_interval: First wait between polls of a batch, in seconds.
-        max_poll_interval: Cap of the polling backoff, in seconds.
+        poll_interval: Shortest wait between polls of the batches, in seconds; the wait is a
+            fifth of the oldest running batch's age.
+        max_poll_interval: Longest wait between polls of the batches, in seconds.
         max_cost_usd: Refuse to submit when the worst-case cost at batch prices is above this.
         dry_run: Load, build and price the requests; submit nothing.
         id_column: Column of tabular sources holding the document id.
