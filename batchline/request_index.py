@@ -434,5 +434,10 @@ def _absorb(
                     strict=True,
                 ),
             )
-        db.execute(f"UPDATE requests SET {_SET_KIND} WHERE batch_id = ?", (batch_id,))
+        # A succeeded answer leaves the kind as the submit set it (no retry; 'new' if the
+        # manifest now asks otherwise): only the other outcomes can make a request a retry.
+        db.execute(
+            f"UPDATE requests SET {_SET_KIND} WHERE batch_id = ? AND status IS NOT 'succeeded'",
+            (batch_id,),
+        )
         db.execute("INSERT INTO collected VALUES (?, ?)", (batch_id, size))
