@@ -191,3 +191,12 @@ def result_line(custom_id: str, outcome: str, answer: str, model: str = DEFAULT_
     else:
         result = {"type": "errored", "error": {"type": "error", "error": {"type": outcome}}}
     return orjson.dumps({"custom_id": custom_id, "result": result})
+
+
+def hello_params(max_tokens: int = 16) -> dict[str, Any]:
+    """The Messages params of a one-word request, for tests that create batches by hand."""
+    return {
+        "model": DEFAULT_MODEL,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "hi"}],
+    }

@@ -12,6 +12,7 @@ import pytest
 
 from batchline.emulator.cli import main
 from deployments.local import emulator_process
+from tests.support import hello_params
 
 
 def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
@@ -24,16 +25,7 @@ def test_the_cli_serves_until_sigterm(tmp_path: Path) -> None:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url), base_url
         batches = anthropic.Anthropic(api_key="k", base_url=base_url).messages.batches
         batch = batches.create(
-            requests=[
-                {
-                    "custom_id": "only",
-                    "params": {
-                        "model": "claude-haiku-4-5",
-                        "max_tokens": 10,
-                        "messages": [{"role": "user", "content": "hi"}],
-                    },
-                }
-            ]
+            requests=[{"custom_id": "only", "params": hello_params(max_tokens=10)}]
         )
         while batches.retrieve(batch.id).processing_status != "ended":
             time.sleep(0.02)

@@ -21,6 +21,7 @@ from batchline.request_index import index_path, open_index
 from batchline.retry import RequestState, submission_kind
 from batchline.storage import OutputLayout, part_name
 from batchline.submit import pending_parts, submit_pending
+from tests.support import hello_params
 
 
 def _manifest(
@@ -202,11 +203,7 @@ def test_submit_leaves_the_index_holding_its_batches(
 ) -> None:
     """So that the index's work on them overlaps the API's, not the next round's start."""
     layout = OutputLayout(str(tmp_path / "out"))
-    params = {
-        "model": "claude-haiku-4-5",
-        "max_tokens": 8,
-        "messages": [{"role": "user", "content": "hi"}],
-    }
+    params = hello_params(max_tokens=8)
     rows = [
         {
             "custom_id": cid,

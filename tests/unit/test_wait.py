@@ -10,6 +10,7 @@ from anthropic.types.messages import MessageBatch
 
 from batchline.emulator import Emulator
 from batchline.wait import LATENESS, next_delay, wait_for_batches
+from tests.support import hello_params
 
 
 def batch(age_seconds: float, status: str = "in_progress") -> MessageBatch:
@@ -66,16 +67,7 @@ def test_a_real_wait_polls_at_the_first_interval_while_the_batch_is_young(
     client = anthropic.Anthropic(api_key="test-key", base_url=emulator.base_url)
     before_create = time.monotonic()
     created = client.messages.batches.create(
-        requests=[
-            {
-                "custom_id": "r1",
-                "params": {
-                    "model": "claude-haiku-4-5",
-                    "max_tokens": 16,
-                    "messages": [{"role": "user", "content": "hi"}],
-                },
-            }
-        ]
+        requests=[{"custom_id": "r1", "params": hello_params()}]
     )
     slept: list[tuple[float, float]] = []
 
