@@ -62,7 +62,7 @@ def test_a_real_wait_polls_at_the_first_interval_while_the_batch_is_young(
     emulator_factory: Callable[..., Emulator],
 ) -> None:
     """Against the emulator: no wait is longer than a fifth of the batch's age (plus a second
-    for created_at's rounding), where a backoff from the first interval would have grown."""
+    of slack on created_at), where a backoff from the first interval would have grown."""
     emulator = emulator_factory(processing_seconds=2.5)
     client = anthropic.Anthropic(api_key="test-key", base_url=emulator.base_url)
     before_create = time.monotonic()
