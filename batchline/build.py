@@ -147,13 +147,16 @@ def row_job(doc: Document, job: JobConfig, models: ModelTable) -> tuple[JobConfi
 
 def requested_models(layout: OutputLayout, job: JobConfig) -> set[str]:
     """The models the staged rows name in their model column (blank values left out)."""
+    # Only rows whose fields hold the column's key, as orjson wrote it, are parsed: most rows
+    # name no model, and parsing every row's fields was a fifth of a second per 100,000.
+    key = orjson.dumps(job.model_column).decode() + ":"
     models: set[str] = set()
     for name in layout.names("documents", ".parquet"):
-        for raw in layout.read_table("documents", name, columns=["fields_json"]).column(0):
-            if raw.is_valid:
-                value = orjson.loads(raw.as_py()).get(job.model_column)
-                if isinstance(value, str) and value.strip():
-                    models.add(value.strip())
+        fields = layout.read_table("documents", name, columns=["fields_json"]).column(0)
+        for raw in fields.filter(pc.match_substring(fields, key)).to_pylist():
+            value = orjson.loads(raw).get(job.model_column)
+            if isinstance(value, str) and value.strip():
+                models.add(value.strip())
     return models
 
 

@@ -225,6 +225,23 @@ def test_context_check_uses_each_rows_model() -> None:
     assert invalid.column("reason")[0].as_py().endswith("the model's context of 1000 tokens")
 
 
+def test_requested_models_reads_the_model_column_whatever_its_name(tmp_path: Path) -> None:
+    column = 'modèle "x"'  # a name orjson must escape: the key is matched as it was written
+    source = tmp_path / "rows.jsonl"
+    rows = [
+        {"id": "a", "text": "t", column: " claude-sonnet-4-5 "},
+        {"id": "b", "text": "t", "note": f'{column}: "claude-opus-4-6"'},  # a value, not a key
+        {"id": "c", "text": "t", column: "  "},
+        {"id": "d", "text": "t", "model": "claude-opus-4-6"},  # the default column, not this one
+        {"id": "e", "text": "t"},
+    ]
+    source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    layout = OutputLayout(str(tmp_path / "out"))
+    stage_documents(str(source), layout, SourceOptions())
+    assert requested_models(layout, JobConfig(model_column=column)) == {"claude-sonnet-4-5"}
+    assert requested_models(layout, JobConfig()) == {"claude-opus-4-6"}
+
+
 def test_worst_case_cost_prices_each_row_by_its_own_model(tmp_path: Path) -> None:
     source = tmp_path / "rows.jsonl"
     rows = [
