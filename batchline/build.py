@@ -29,6 +29,7 @@ from batchline.storage import (
     write_stamp,
 )
 from batchline.structured import output_format
+from batchline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,8 @@ def check_submittable(summary: BuildSummary, job: JobConfig) -> None:
         )
     if summary.worst_case_cost_usd > job.max_cost_usd:
         raise BudgetExceeded(
-            f"{summary.requests} requests could cost up to ${summary.worst_case_cost_usd:.2f} "
+            f"{counted(summary.requests, 'request')} could cost up to "
+            f"${summary.worst_case_cost_usd:.2f} "
             "at batch prices (estimated input, output at each request's max_tokens), over "
             f"the budget of ${job.max_cost_usd:.2f}; nothing was submitted"
         )

@@ -26,6 +26,7 @@ from batchline.failpoints import failpoint
 from batchline.ledger import Ledger
 from batchline.storage import OutputLayout
 from batchline.structured import ReplyValidator
+from batchline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ def write_collected(
         failpoint("collect.written")
         if seen != expected:
             raise ForeignResultsError(
-                f"batch {batch_id} returned {len(seen)} results for {len(expected)} requests"
+                f"batch {batch_id} returned {counted(len(seen), 'result')} for "
+                f"{counted(len(expected), 'request')}"
             )
 
 
@@ -230,10 +232,11 @@ def _results_expired(client: anthropic.Anthropic, layout: OutputLayout) -> Resul
             continue
         if client.messages.batches.retrieve(entry.batch_id).archived_at is not None:
             gone.append(entry)
-    listed = ", ".join(f"{e.batch_id} ({e.request_count} requests)" for e in gone)
+    listed = ", ".join(f"{e.batch_id} ({counted(e.request_count, 'request')})" for e in gone)
     return ResultsExpiredError(
-        f"the results of {len(gone)} batch(es) are past the API's 29-day retention and can no "
-        f"longer be downloaded: {listed}; {sum(e.request_count for e in gone)} requests have no "
+        f"the results of {counted(len(gone), 'batch')} are past the API's 29-day retention and "
+        f"can no longer be downloaded: {listed}; "
+        f"{counted(sum(e.request_count for e in gone), 'request')} have no "
         "result. To submit them again (and pay again), delete these ledger entries and rerun: "
         + ", ".join(layout.url("ledger", f"{e.key}.json") for e in gone)
     )

@@ -34,6 +34,7 @@ from batchline.storage import (
     stamped_summary,
     write_stamp,
 )
+from batchline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,8 @@ def plan_shards(source: str, options: SourceOptions) -> list[LoadShard]:
 def _shards(listing: SourceListing, options: SourceOptions) -> list[LoadShard]:
     if listing.unread:
         log.warning(
-            "%d files not read (hidden, or not %s): %s%s",
-            len(listing.unread),
+            "%s not read (hidden, or not %s): %s%s",
+            counted(len(listing.unread), "file"),
             "/".join(TEXT_SUFFIXES + TABLE_SUFFIXES),
             ", ".join(listing.unread[:NAMED_UNREAD]),
             ", ..." if len(listing.unread) > NAMED_UNREAD else "",

@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 from batchline.retry import RETRYABLE_ERROR_TYPES
+from batchline.wording import counted
 from batchline.write import RunSummary
 
 _TOKEN_NAMES = {
@@ -45,7 +46,7 @@ def results_link(results: str) -> tuple[str, str]:
 def summary_markdown(summary: RunSummary, max_attempts: int) -> str:
     """The run's rows by status, tokens, cost, batches, where the results are, what to fix."""
     lines = [
-        f"## {summary.rows:,} rows from {summary.batches:,} batches",
+        f"## {counted(summary.rows, 'row')} from {counted(summary.batches, 'batch')}",
         "",
         "| status | rows |",
         "| --- | ---: |",
@@ -125,7 +126,7 @@ def _advice(summary: RunSummary, max_attempts: int) -> list[str]:
         )
     if n := by_status.get("invalid", 0):
         advice.append(
-            f"- {n:,} documents could not become a request (empty, binary, too large, a "
+            f"- {counted(n, 'document')} could not become a request (empty, binary, too large, a "
             "duplicate...; `error_message` says which): fix the documents and run again."
         )
     if n := by_status.get("canceled", 0):

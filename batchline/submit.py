@@ -25,6 +25,7 @@ from batchline.ledger import Ledger, LedgerEntry
 from batchline.request_index import index_path, open_index
 from batchline.retry import Submission
 from batchline.storage import OutputLayout
+from batchline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def submit_pending(
         if adopted:
             _log_adoption(entry, batch.id)
         else:
-            log.info("submitted batch %s with %d requests", batch.id, entry.request_count)
+            log.info(
+                "submitted batch %s with %s", batch.id, counted(entry.request_count, "request")
+            )
     if created:
         # The index takes the new entries now, while the API processes their batches: left to
         # the first look after the wait, they would add a second per 100,000 requests to it.
@@ -101,11 +104,11 @@ def _log_adoption(entry: LedgerEntry, batch_id: str) -> None:
         f", in place of {', '.join(entry.rejected_batch_ids)}" if entry.rejected_batch_ids else ""
     )
     log.warning(
-        "adopted batch %s for intent %s (%d requests), whose create response was lost%s; its "
+        "adopted batch %s for intent %s (%s), whose create response was lost%s; its "
         "results will be checked against the intent's requests",
         batch_id,
         entry.key,
-        entry.request_count,
+        counted(entry.request_count, "request"),
         instead,
     )
 
@@ -245,7 +248,7 @@ def create_body(chunk: pa.Table) -> bytes:
 
 def _refusal(entry: LedgerEntry, size: int, exc: anthropic.APIStatusError) -> str:
     """One line: which intent the API refused, and what to change when the answer says."""
-    refused = f"the API refused batch intent {entry.key} ({entry.request_count} requests"
+    refused = f"the API refused batch intent {entry.key} ({counted(entry.request_count, 'request')}"
     if exc.status_code == 413:
         # Batches are cut under the documented 256 MB; an endpoint that counts less refuses them.
         return (

@@ -24,6 +24,7 @@ from batchline.ledger import Ledger
 from batchline.pricing import price_table, usage_cost
 from batchline.request_index import open_index
 from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
+from batchline.wording import counted
 
 _TOKEN_COLUMNS = (
     "input_tokens",
@@ -134,7 +135,7 @@ def plan_write(layout: OutputLayout) -> WritePlan:
         missing, first = index.unanswered()
         if missing:
             raise WriteError(
-                f"{missing} documents have no collected result yet (first: {first}); "
+                f"{counted(missing, 'document')} have no collected result yet (first: {first}); "
                 "run the pipeline again to finish them"
             )
         batch_ids = sorted(index.answering_batches())

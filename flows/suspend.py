@@ -19,6 +19,7 @@ from pydantic import Field
 
 from batchline.build import BudgetExceeded, BuildSummary, check_submittable
 from batchline.config import JobConfig
+from batchline.wording import counted
 from flows.check import schedule_checks
 
 # A check resumes only runs suspended under this prefix; approvals are a person's to resume.
@@ -91,7 +92,9 @@ def approve_spend(built: BuildSummary, job: JobConfig) -> None:
     )
     if not answer.approve:
         raise BudgetExceeded(f"{reason}; rejected in the UI")
-    get_run_logger().info("spend approved in the UI: submitting %d requests", built.requests)
+    get_run_logger().info(
+        "spend approved in the UI: submitting %s", counted(built.requests, "request")
+    )
 
 
 def _unfired_key(run: FlowRun, prefix: str) -> str:

@@ -50,6 +50,7 @@ from batchline.storage import Area, OutputLayout, stamped_summary
 from batchline.structured import load_output_schema
 from batchline.submit import submit_pending
 from batchline.wait import all_ended, wait_for_batches
+from batchline.wording import counted
 from batchline.write import (
     ResultsPart,
     RunSummary,
@@ -129,7 +130,9 @@ def plan_loading(source: str, output: str, options: SourceOptions) -> LoadPlan:
     """The source's shards, or none when the staged documents already answer its content."""
     plan = plan_load(source, OutputLayout(output), options)
     get_run_logger().info(
-        "source in %d shards%s", len(plan.shards), " (already staged)" if plan.staged else ""
+        "source in %s%s",
+        counted(len(plan.shards), "shard"),
+        " (already staged)" if plan.staged else "",
     )
     return plan
 
@@ -139,7 +142,7 @@ def load_shard(source: str, output: str, options: SourceOptions, shard: LoadShar
     """Read one shard of the source; shards are mapped, so they load on every worker at once."""
     staged = stage_shard(source, OutputLayout(output), options, shard)
     get_run_logger().info(
-        "loaded shard %d in %s: %d documents", shard.index, where(), staged.documents
+        "loaded shard %d in %s: %s", shard.index, where(), counted(staged.documents, "document")
     )
     return staged
 
@@ -149,9 +152,9 @@ def load_documents(output: str, fingerprint: str, staged: list[StagedShard]) -> 
     """The staged documents, checked across shards and stamped with the source's fingerprint."""
     summary = finish_load(OutputLayout(output), fingerprint, staged)
     get_run_logger().info(
-        "loaded %d documents into %d parts of documents/ (%d invalid)",
-        summary.documents,
-        summary.shards,
+        "loaded %s into %s of documents/ (%d invalid)",
+        counted(summary.documents, "document"),
+        counted(summary.shards, "part"),
         summary.invalid,
     )
     return summary
@@ -187,7 +190,7 @@ def plan_building(
 def build_requests_of(output: str, job: JobConfig, models: ModelTable, name: str) -> BuiltPart:
     """Render one staged part's requests; parts are mapped over the workers."""
     built = build_part(OutputLayout(output), job, models, name)
-    get_run_logger().info("built %s in %s: %d requests", name, where(), built.requests)
+    get_run_logger().info("built %s in %s: %s", name, where(), counted(built.requests, "request"))
     return built
 
 
@@ -195,10 +198,10 @@ def build_requests_of(output: str, job: JobConfig, models: ModelTable, name: str
 def build_requests(output: str, plan: BuildPlan, parts: list[BuiltPart]) -> BuildSummary:
     summary = finish_build(OutputLayout(output), plan, parts)
     get_run_logger().info(
-        "built %d requests (%.1f MB), %d invalid documents %s",
-        summary.requests,
+        "built %s (%.1f MB), %s %s",
+        counted(summary.requests, "request"),
         summary.request_bytes / 1e6,
-        summary.invalid,
+        counted(summary.invalid, "invalid document"),
         summary.invalid_reasons or "",
     )
     return summary
@@ -220,7 +223,9 @@ def submit(
 ) -> list[str]:
     """Submit pending requests of ``kind``; ``round`` numbers the calls, so each has its key."""
     entries = submit_pending(client_for(credentials), OutputLayout(output), job, kind)
-    get_run_logger().info("%s requests, round %d: submitted %d batches", kind, round, len(entries))
+    get_run_logger().info(
+        "%s requests, round %d: submitted %s", kind, round, counted(len(entries), "batch")
+    )
     return [e.batch_id for e in entries if e.batch_id]
 
 
@@ -295,9 +300,9 @@ def plan_writing(output: str, collected: list[CollectedBatch]) -> WritePlan:
     """The results parts to write, or none when ``results/`` already answers the inputs."""
     plan = plan_write(OutputLayout(output))
     get_run_logger().info(
-        "results in %d parts from %d batches (%d collected by this run)%s",
-        len(plan.parts),
-        plan.batches,
+        "results in %s from %s (%d collected by this run)%s",
+        counted(len(plan.parts), "part"),
+        counted(plan.batches, "batch"),
         len(collected),
         " (already written)" if plan.written else "",
     )
@@ -310,7 +315,9 @@ def write_results_part(
 ) -> WrittenPart:
     """Write one results part; parts are mapped over the workers."""
     written = write_part(OutputLayout(output), part, output_schema)
-    get_run_logger().info("wrote results part %s in %s: %d rows", part.name, where(), written.rows)
+    get_run_logger().info(
+        "wrote results part %s in %s: %s", part.name, where(), counted(written.rows, "row")
+    )
     return written
 
 
@@ -324,9 +331,9 @@ def write_parquet(
     """The results table: the parts added up, stale parts dropped, stamped with its inputs."""
     summary = finish_write(OutputLayout(output), plan, parts, output_schema)
     get_run_logger().info(
-        "wrote %d rows from %d batches to %s: %s",
-        summary.rows,
-        summary.batches,
+        "wrote %s from %s to %s: %s",
+        counted(summary.rows, "row"),
+        counted(summary.batches, "batch"),
         summary.output,
         summary.by_status,
     )

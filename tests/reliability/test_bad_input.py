@@ -250,7 +250,7 @@ def test_unreadable_entries_and_unusual_suffixes_become_rows_and_unread_files_a_
         "loop": "invalid unreadable: Too many levels of symbolic links",
     }
     assert (
-        "1 files not read (hidden, or not .txt/.md/.markdown/.jsonl/.csv/.parquet): slides.pdf"
+        "1 file not read (hidden, or not .txt/.md/.markdown/.jsonl/.csv/.parquet): slides.pdf"
         in caplog.text
     )
     assert len(emulator.stats()["requests_per_custom_id"]) == 5

@@ -49,7 +49,7 @@ def test_markdown_has_statuses_tokens_costs_batches_a_link_and_advice() -> None:
     assert "`invalid_request_error`" in invalid_request
     assert "until the request changes" in invalid_request
     assert "`overloaded_error`" in overloaded and "submitted 3 times" in overloaded
-    assert invalid.startswith("- 1 documents could not become a request")
+    assert invalid.startswith("- 1 document could not become a request")
 
 
 def test_s3_results_are_named_as_text_with_why_there_is_no_link() -> None:
