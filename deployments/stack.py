@@ -51,7 +51,8 @@ SERVER_TIMEOUT = 600.0
 
 def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
     """Environment of a Prefect client (CLI, worker, flow runs) talking to ``api_url``."""
-    return local.prefect_env(home, PREFECT_API_URL=api_url, **extra)
+    # Merged here, not passed as keywords: a setting is never taken for prefect_env's `inherit`.
+    return local.prefect_env(home) | {"PREFECT_API_URL": api_url, **extra}
 
 
 def start_server(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
