@@ -190,7 +190,7 @@ def run_flow(
     gc.freeze()
     # A run makes millions of short-lived containers (rows, params) and few cycles: the young
     # generation collected every 700 of them took 0.6 s of a 100,000-document run in 1,500
-    # collections; every 50,000, 0.2 s in a dozen. The full passes keep their ratio to it.
+    # collections; every 50,000, about 0.1 s in ten. The full passes keep their ratio to it.
     gc.set_threshold(50_000, 10, 10)
     ctrl_c = CtrlC()
     output = parameters["output"]

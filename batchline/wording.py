@@ -6,7 +6,8 @@ from __future__ import annotations
 def counted(count: int, noun: str) -> str:
     """``count`` with thousands separators and ``noun``, plural unless the count is one.
 
-    Enough English for this project's nouns: batch, document, file, part, request, row, run.
+    Enough English for the nouns it is given: batch, document, file, part, request, result,
+    row, shard.
     """
     if count == 1:
         return f"1 {noun}"
