@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from batchline.config import ConfigError, JobConfig
 from batchline.storage import OutputLayout, join
 from batchline.submit import count_pending
-from flows.names import PIPELINE_FLOW, sibling_deployment
+from flows.names import BACKFILL_FLOW, PIPELINE_FLOW, sibling_deployment
 from flows.tasks import job_config_for
 
 # A day whose runs all ended without completing it this many times needs a person, not a rerun.
@@ -49,7 +49,7 @@ class PartitionOutcome(BaseModel):
     flow_run_name: str | None = None
 
 
-@flow(name="batchline-backfill")
+@flow(name=BACKFILL_FLOW)
 def backfill(
     source_template: str,
     output: str,

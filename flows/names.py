@@ -12,6 +12,10 @@ from prefect.runtime import deployment, flow_run
 
 PIPELINE_FLOW = "batchline-pipeline"
 CHECK_FLOW = "batchline-check"
+BACKFILL_FLOW = "batchline-backfill"
+RETRY_FLOW = "retry-failed"
+# Every flow a batchline run can be in: a dead process leaves any of them Running.
+FLOWS = (PIPELINE_FLOW, CHECK_FLOW, BACKFILL_FLOW, RETRY_FLOW)
 
 
 def sibling_deployment(flow_name: str) -> str:

@@ -29,6 +29,7 @@ from batchline.retry import Submission
 from batchline.storage import OutputLayout, claim_output
 from batchline.submit import any_pending
 from batchline.write import RunSummary
+from flows.names import RETRY_FLOW
 from flows.progress import batches_to_wait_for, outstanding_batch_ids
 from flows.storage import result_storage_for
 from flows.suspend import approve_spend, is_deployed, suspend_until_ended
@@ -289,7 +290,7 @@ class Rounds:
         raise AssertionError("unreachable: count() never ends")
 
 
-@flow(name="retry-failed")
+@flow(name=RETRY_FLOW)
 def retry_failed(run: Rounds) -> Done:
     """Resubmit errored-retryable and expired requests with their original params.
 
