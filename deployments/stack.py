@@ -20,7 +20,7 @@ from pathlib import Path
 
 # Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import local
+from deployments import local, zombies
 from deployments.local import free_port, stop, wait_for
 
 # What the integration tests start and stop their stack with.
@@ -29,6 +29,7 @@ __all__ = [
     "create_pool",
     "deploy",
     "free_port",
+    "install_zombie_automation",
     "start_emulator",
     "start_server",
     "start_worker",
@@ -108,13 +109,33 @@ def deploy(env: dict[str, str], project: str = "", pool: str = POOL) -> None:
     prefect(["--no-prompt", "deploy", "--all", "--pool", pool], env)
 
 
+def install_zombie_automation(
+    env: dict[str, str], heartbeat_seconds: int, window_seconds: float | None = None
+) -> None:
+    """The automation that marks a run Crashed when its heartbeats stop (deployments/zombies.py).
+
+    The worker's flow runs must beat at ``heartbeat_seconds``: give ``env`` to the worker too.
+    """
+    window = ["--window-seconds", str(window_seconds)] if window_seconds else []
+    script = [sys.executable, str(REPO / "deployments" / "zombies.py")]
+    run([*script, "--heartbeat-seconds", str(heartbeat_seconds), *window], env)
+
+
+def heartbeat_env(heartbeat_seconds: int) -> dict[str, str]:
+    """What makes the flow runs of a worker started with it beat every ``heartbeat_seconds``."""
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds)}
+
+
 def prefect(args: list[str], env: dict[str, str]) -> None:
     """Run a Prefect CLI command to completion, raising with its output when it fails."""
-    done = subprocess.run(
-        [str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True
-    )
+    run([str(BIN / "prefect"), *args], env)
+
+
+def run(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command`` from the repo root to completion, raising with its output when it fails."""
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
 
 
 def up(args: argparse.Namespace) -> int:
@@ -141,7 +162,7 @@ def up(args: argparse.Namespace) -> int:
         server = spawn_server(home, args.port, log)
         started("server", server)
         api_url = local.await_prefect_server(server, args.port, SERVER_TIMEOUT, log)
-        env = client_env(api_url, home)
+        env = client_env(api_url, home, **heartbeat_env(args.heartbeat_seconds))
         if args.emulator:
             emulator, base_url = start_emulator(
                 state / "emulator.db",
@@ -155,6 +176,7 @@ def up(args: argparse.Namespace) -> int:
         create_pool(env, args.pool_limit, pool)
         started("worker", start_worker(env, state / "worker.log", pool=pool))
         deploy(env, args.project, pool)
+        install_zombie_automation(env, args.heartbeat_seconds)
     except BaseException:
         # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
         local.stop_groups(list(pids.values()))
@@ -214,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="prefix of every deployment and of the pool (acme- gives acme-batchline-pipeline), "
         "so that two projects share one server",
+    )
+    start.add_argument(
+        "--heartbeat-seconds",
+        type=int,
+        default=zombies.HEARTBEAT_SECONDS,
+        help="flow runs' heartbeat (at least 30); a run silent for "
+        f"{zombies.MISSED_BEATS} of them is marked Crashed (deployments/zombies.py)",
     )
     start.add_argument(
         "--no-emulator",

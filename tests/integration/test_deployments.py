@@ -7,9 +7,11 @@ own, as on another machine. Pipeline runs go through the worker exactly as a UI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +67,9 @@ BACKFILL = "batchline-backfill/batchline-backfill"
 # start on a busy machine, so the run is suspended and checked while its batch still processes.
 SLOW_PROCESSING_SECONDS = 40
 FAST: dict[str, Any] = {"poll_interval": 0.2, "max_poll_interval": 1.0}
+# Prefect's shortest heartbeat, and the zombie automation's window at its default of three beats.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_WINDOW_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 @dataclass
@@ -87,7 +92,14 @@ class Stack:
     worker_dir: Path
     slow: Emulated
     fast: Emulated
+    env: dict[str, str]
+    state: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def restart_worker(self) -> None:
+        """A new worker in place of one that died; the fixture stops whichever is current."""
+        log = self.state / "worker.log"
+        self.processes["worker"] = stack.start_worker(self.env, log, cwd=self.worker_dir)
 
     @property
     def ui_url(self) -> str:
@@ -106,12 +118,19 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             state / "home", stack.free_port(), state / "server.log"
         )
         # No API key in the worker's environment: every run names its credentials block.
-        env = stack.client_env(api_url, state / "home", PREFECT_WORKER_QUERY_SECONDS="1")
+        env = stack.client_env(
+            api_url,
+            state / "home",
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            **stack.heartbeat_env(HEARTBEAT_SECONDS),
+        )
         env.pop("ANTHROPIC_API_KEY", None)
         env.pop("ANTHROPIC_BASE_URL", None)
         stack.create_pool(env)
         started["worker"] = stack.start_worker(env, state / "worker.log", cwd=elsewhere)
         stack.deploy(env)
+        # As `stack.py up` does: every test here runs under it, suspended runs included.
+        stack.install_zombie_automation(env, HEARTBEAT_SECONDS)
         emulators = {}
         for name, seconds in (("slow", SLOW_PROCESSING_SECONDS), ("fast", 0.3)):
             started[name], url = stack.start_emulator(
@@ -123,7 +142,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 AnthropicCredentials(api_key=TEST_API_KEY, base_url=emulated.base_url).save(
                     emulated.credentials_block, overwrite=True
                 )
-            yield Stack(api_url, elsewhere, emulators["slow"], emulators["fast"], started)
+            yield Stack(
+                api_url, elsewhere, emulators["slow"], emulators["fast"], env, state, started
+            )
     finally:
         stack.stop(*started.values())
 
@@ -254,6 +275,92 @@ def test_a_suspended_run_is_resumed_by_its_checks_soon_after_its_batch_ends(
     assert "| succeeded | 12 |" in str(summary.data), summary.data
     link = keys[artifact_key("batchline-output", root)]
     assert (output / "results").as_uri() in str(link.data), link.data
+
+
+def test_a_run_whose_machine_died_is_marked_crashed_and_the_next_run_finishes_it(
+    deployed: Stack, tmp_path: Path
+) -> None:
+    """Worker and flow-run process killed at once, as when their machine dies: the zombie
+    automation marks the run Crashed (nothing else would), leaves a suspended run alone, and a
+    new run on the output finishes the batch the dead one paid for."""
+    before = deployed.slow.stats()
+    docs = {
+        name: write_documents(tmp_path / name, 4, start=start)
+        for name, start in (("a", 700), ("b", 710))
+    }
+    common = {"credentials_block": deployed.slow.credentials_block, **FAST}
+    dying = _start(
+        PIPELINE,
+        source=str(tmp_path / "a"),
+        output=str(tmp_path / "out-a"),
+        suspend_after_seconds=600,  # waits in its process, so it is Running when killed
+        **common,
+    )
+    quiet = _start(
+        PIPELINE,
+        source=str(tmp_path / "b"),
+        output=str(tmp_path / "out-b"),
+        suspend_after_seconds=2,
+        **common,
+    )
+    suspended = _wait_for_run(quiet, lambda r: bool(r.state and r.state.is_paused()), 180)
+    ledger = Ledger(OutputLayout(str(tmp_path / "out-a")))
+    stack.wait_for(lambda: any(e.batch_id for e in ledger.entries()), 120, "run a's batch")
+    running = _read_run(dying)
+    assert running.state is not None and running.state.is_running(), running.state
+    assert running.infrastructure_pid
+    pid = int(running.infrastructure_pid.rsplit(":", 1)[-1])
+
+    worker = deployed.processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)  # first, so that no one sees the run's process exit
+    worker.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stack.wait_for(lambda: _exited(pid), 30, "run a's process to die")
+    killed = datetime.now(UTC)
+
+    crashed = _wait_for_run(
+        dying,
+        lambda r: bool(r.state and r.state.is_crashed()),
+        HEARTBEAT_SECONDS + ZOMBIE_WINDOW_SECONDS + 120,
+    )
+    assert crashed.state is not None and "heartbeat" in (crashed.state.message or "")
+    print(f"marked Crashed {(datetime.now(UTC) - killed).total_seconds():.0f} s after the kill")
+    # The suspended run sent its last heartbeat before it suspended: silent for a whole window
+    # by now, it is still Suspended, since a suspension answers the automation's expectation.
+    assert suspended.state is not None
+    silent_until = suspended.state.timestamp + timedelta(seconds=ZOMBIE_WINDOW_SECONDS + 15)
+    time.sleep(max(0.0, (silent_until - datetime.now(UTC)).total_seconds()))
+    still = _read_run(quiet)
+    assert still.state is not None and still.state.name == "Suspended", still.state
+
+    deployed.restart_worker()
+    again = _start(
+        PIPELINE,
+        source=str(tmp_path / "a"),
+        output=str(tmp_path / "out-a"),
+        suspend_after_seconds=600,
+        **common,
+    )
+    for run in (again, quiet):  # the suspended run's checks resume it on the new worker
+        final = _wait_for_run(run, lambda r: bool(r.state and r.state.is_final()), 300)
+        assert final.state is not None and final.state.is_completed(), (run, final.state)
+    with get_client(sync_client=True) as client:
+        history = [s.name for s in client.read_flow_run_states(quiet)]
+    assert "Crashed" not in history, history
+    # The new run found what the dead one had finished, its submit among them.
+    task_states = _task_states(again)
+    for step in ("load-documents", "build-requests", "submit-new-1"):
+        assert task_states[step] == ["Cached"], (step, task_states)
+
+    after = deployed.slow.stats()
+    # One batch each, the dead run's collected by the next: nothing was paid for twice.
+    assert after["batches_created"] == before["batches_created"] + 2
+    for name in ("a", "b"):
+        results = pd.read_parquet(tmp_path / f"out-{name}" / "results")
+        assert sorted(results.doc_id) == sorted(docs[name])
+        assert set(results.status) == {"succeeded"}
+        assert all(after["requests_per_custom_id"][c] == 1 for c in results.custom_id)
 
 
 def test_the_work_pool_starts_a_bounded_number_of_runs(deployed: Stack) -> None:
