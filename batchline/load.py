@@ -427,7 +427,8 @@ def _iter_raw_rows(
                 yield value if isinstance(value, dict) else "line is not a JSON object"
         return
     if _has_suffix(path, (".csv",)):
-        # Imported here: pandas adds a third of a second to every run, and only CSV needs it.
+        # Imported where CSV needs it; a run imports pandas anyway, through pyarrow (pa.array
+        # checks whether its input is a pandas object).
         import pandas as pd
 
         with fs.open(path, "rb") as handle:

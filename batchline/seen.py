@@ -7,8 +7,7 @@ Two ids are taken as one only when both 64-bit halves agree, a chance of about 1
 million ids (custom_ids rest on an 88-bit hash already).
 
 The halves are Python's own string hash: SipHash under a key drawn once per process, as fast as
-pandas' vectorized hash without the third of a second pandas' import adds to every run. A set
-lives in one process, so one key serves every id it compares.
+pandas' vectorized hash. A set lives in one process, so one key serves every id it compares.
 """
 
 from __future__ import annotations
