@@ -109,16 +109,13 @@ def deploy(env: dict[str, str], project: str = "", pool: str = POOL) -> None:
     prefect(["--no-prompt", "deploy", "--all", "--pool", pool], env)
 
 
-def install_zombie_automation(
-    env: dict[str, str], heartbeat_seconds: int, window_seconds: float | None = None
-) -> None:
+def install_zombie_automation(env: dict[str, str], heartbeat_seconds: int) -> None:
     """The automation that marks a run Crashed when its heartbeats stop (deployments/zombies.py).
 
-    The worker's flow runs must beat at ``heartbeat_seconds``: give ``env`` to the worker too.
+    The worker's flow runs must beat at ``heartbeat_seconds``: start it with ``heartbeat_env``.
     """
-    window = ["--window-seconds", str(window_seconds)] if window_seconds else []
     script = [sys.executable, str(REPO / "deployments" / "zombies.py")]
-    run([*script, "--heartbeat-seconds", str(heartbeat_seconds), *window], env)
+    run([*script, "--heartbeat-seconds", str(heartbeat_seconds)], env)
 
 
 def heartbeat_env(heartbeat_seconds: int) -> dict[str, str]:

@@ -36,7 +36,8 @@ from flows.names import FLOWS
 NAME = "batchline: crash runs whose heartbeats stopped"
 # Prefect's default heartbeat; PREFECT_FLOWS_HEARTBEAT_FREQUENCY must say the same to the runs.
 HEARTBEAT_SECONDS = 180
-# A busy machine or a slow events connection can delay one heartbeat, never three.
+# A busy machine or a slow events connection delays a heartbeat by seconds; three missing in a
+# row mean the process is gone.
 MISSED_BEATS = 3
 # States after which a live run sends no heartbeat: ended, suspended or paused, or waiting to
 # retry. "Crashed" is among them, so a run the worker marked Crashed is left alone.
