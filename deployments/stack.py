@@ -20,7 +20,7 @@ from pathlib import Path
 
 # Run as a script, Python puts this file's folder on the path; deployments/ is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import local, zombies
+from deployments import local
 from deployments.local import free_port, stop, wait_for
 
 # What the integration tests start and stop their stack with.
@@ -159,7 +159,11 @@ def up(args: argparse.Namespace) -> int:
         server = spawn_server(home, args.port, log)
         started("server", server)
         api_url = local.await_prefect_server(server, args.port, SERVER_TIMEOUT, log)
-        env = client_env(api_url, home, **heartbeat_env(args.heartbeat_seconds))
+        # Imported here: it imports Prefect (1.5 s), which `down` and `--help` do not need.
+        from deployments.zombies import HEARTBEAT_SECONDS
+
+        heartbeat = args.heartbeat_seconds or HEARTBEAT_SECONDS
+        env = client_env(api_url, home, **heartbeat_env(heartbeat))
         if args.emulator:
             emulator, base_url = start_emulator(
                 state / "emulator.db",
@@ -173,7 +177,7 @@ def up(args: argparse.Namespace) -> int:
         create_pool(env, args.pool_limit, pool)
         started("worker", start_worker(env, state / "worker.log", pool=pool))
         deploy(env, args.project, pool)
-        install_zombie_automation(env, args.heartbeat_seconds)
+        install_zombie_automation(env, heartbeat)
     except BaseException:
         # Nothing half-started stays behind to block the next `up` (its ports, its pids file).
         local.stop_groups(list(pids.values()))
@@ -237,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument(
         "--heartbeat-seconds",
         type=int,
-        default=zombies.HEARTBEAT_SECONDS,
-        help="flow runs' heartbeat (at least 30); a run silent for "
-        f"{zombies.MISSED_BEATS} of them is marked Crashed (deployments/zombies.py)",
+        help="flow runs' heartbeat in seconds, at least 30 (default: Prefect's own); "
+        "deployments/zombies.py marks a run Crashed when its heartbeats stop",
     )
     start.add_argument(
         "--no-emulator",

@@ -53,9 +53,9 @@ QUIET_STATES = (
 )
 
 
-def zombie_automation(heartbeat_seconds: int, window: timedelta | None = None) -> Automation:
+def zombie_automation(heartbeat_seconds: int, window: timedelta) -> Automation:
     """The automation: a batchline flow run with no heartbeat or quiet state for ``window``
-    (MISSED_BEATS heartbeats by default) after a heartbeat is marked Crashed."""
+    after a heartbeat is marked Crashed."""
     return Automation(
         name=NAME,
         description=(
@@ -73,7 +73,7 @@ def zombie_automation(heartbeat_seconds: int, window: timedelta | None = None) -
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=window or timedelta(seconds=MISSED_BEATS * heartbeat_seconds),
+            within=window,
         ),
         actions=[
             ChangeFlowRunState(
@@ -87,7 +87,7 @@ def zombie_automation(heartbeat_seconds: int, window: timedelta | None = None) -
     )
 
 
-def install(heartbeat_seconds: int, window: timedelta | None = None) -> Automation:
+def install(heartbeat_seconds: int, window: timedelta) -> Automation:
     """Create the automation on the current API, replacing one of the same name."""
     with suppress(ValueError):  # raised when there is none yet
         old = Automation.read(name=NAME)

@@ -51,7 +51,7 @@ from batchline.ledger import Ledger
 from batchline.report import artifact_key
 from batchline.storage import OutputLayout
 from blocks.credentials import AnthropicCredentials
-from deployments import stack
+from deployments import stack, zombies
 from flows.backfill import Partition, PartitionOutcome, plan_partitions, start_partition
 from flows.names import CHECK_FLOW, PIPELINE_FLOW
 from flows.pipeline import batch_pipeline
@@ -69,7 +69,7 @@ SLOW_PROCESSING_SECONDS = 40
 FAST: dict[str, Any] = {"poll_interval": 0.2, "max_poll_interval": 1.0}
 # Prefect's shortest heartbeat, and the zombie automation's window at its default of three beats.
 HEARTBEAT_SECONDS = 30
-ZOMBIE_WINDOW_SECONDS = 3 * HEARTBEAT_SECONDS
+ZOMBIE_WINDOW_SECONDS = zombies.MISSED_BEATS * HEARTBEAT_SECONDS
 
 
 @dataclass
