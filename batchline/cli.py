@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from prefect import Flow
 
     from batchline.build import BuildSummary
+    from batchline.status import OutputStatus
     from batchline.write import RunSummary
     from flows.interrupt import CtrlC
 
@@ -86,6 +87,7 @@ def _app(run: Callable[..., int] | None = None) -> App:
         app.command(run, name="run", help=RUN_HELP)
     app.command(demo)
     app.command(server)
+    app.command(status)
     # Everything after `emulator` is the emulator's own, --help included.
     app.command(emulator, help_flags=())
     return app
@@ -458,6 +460,26 @@ def server(
     return 0
 
 
+def status(output: str, /) -> int:
+    """What an output holds: documents, requests, batches paid for and still processing, answers,
+    cost so far. Reads its files only: safe while a run works on it, and free.
+
+    Args:
+        output: A run's output root, local or s3://.
+    """
+    from batchline.config import ConfigError
+    from batchline.status import output_status
+    from batchline.storage import OutputLayout
+
+    try:
+        state = output_status(OutputLayout(output))
+    except ConfigError as exc:
+        console.print(f"[bold red]batchline: {escape(str(exc))}[/]")
+        return 2
+    _print_status(state)
+    return 0
+
+
 def emulator(*argv: Annotated[str, Parameter(allow_leading_hyphen=True)]) -> int:
     """Serve the Message Batches API emulator (batchline emulator --help for its options)."""
     from batchline.emulator.cli import main as emulator_main
@@ -498,6 +520,51 @@ def _print_result(result: RunSummary | BuildSummary) -> None:
     table.add_row("cost at standard prices", _usd(result.standard_cost_usd))
     console.print(table)
     console.print(f"results: {result.output}  (pandas.read_parquet({result.output!r}))")
+
+
+def _print_status(state: OutputStatus) -> None:
+    table = Table(title=f"batchline status of {state.output}")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("source", state.source)
+    loaded, built, results = state.loaded, state.built, state.results
+    table.add_row(
+        "documents loaded",
+        "not yet" if loaded is None else f"{loaded.documents:,} ({loaded.invalid:,} invalid)",
+    )
+    table.add_row(
+        "requests built",
+        "not yet"
+        if built is None
+        else f"{built.requests:,} ({built.invalid:,} documents invalid), at most "
+        f"{_usd(built.worst_case_cost_usd)} at batch prices",
+    )
+    table.add_row(
+        "batches created",
+        f"{state.batches_created:,} ({state.batches_adopted:,} adopted after a lost response)",
+    )
+    table.add_row("requests submitted", f"{state.requests_submitted:,}")
+    if state.creates_in_doubt:
+        doubt = f"{state.creates_in_doubt:,} (the next run looks for their batches before paying)"
+        table.add_row("creates in doubt", doubt)
+    table.add_row(
+        "still processing",
+        ", ".join(f"{p.batch_id} ({p.request_count:,} requests)" for p in state.processing)
+        or "nothing",
+    )
+    table.add_row("answers collected", _counts(state.answers) or "none yet")
+    table.add_row("spent so far at batch prices", _usd(state.spent_usd))
+    table.add_row(
+        "results",
+        "not written for the answers collected"
+        if results is None
+        else f"{results.rows:,} rows ({_counts(results.by_status)}) in {results.output}",
+    )
+    console.print(table)
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    return ", ".join(f"{status} {n:,}" for status, n in sorted(by_status.items()))
 
 
 def _print_typed_columns(output: str) -> None:

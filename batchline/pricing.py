@@ -10,11 +10,21 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 # claude-haiku-4-5-20251001, claude-3-5-haiku-latest: the same model as the id before the suffix.
 _SNAPSHOT_SUFFIX = re.compile(r"(.+)-(?:\d{8}|latest)")
 _PRICES = "data/prices.json"
+# A result's usage, as its columns in collected and results tables (batchline/schemas.py).
+USAGE_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_1h_input_tokens",
+)
 
 
 class ModelPrice(BaseModel):
@@ -118,3 +128,26 @@ def cost_usd(model: str, usage: Usage, *, batch: bool = True) -> float | None:
         float(usage.cache_creation_1h_input_tokens),
         batch=batch,
     )
+
+
+def row_costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:
+    """cost_usd of each row: its usage at batch prices; 0 unless billed; null if unpriced."""
+    # An invalid_output reply was generated, so it is paid for like a succeeded one.
+    succeeded = pc.is_in(rows.column("status"), pa.array(["succeeded", "invalid_output"])).to_numpy(
+        zero_copy_only=False
+    )
+    models = rows.column("model").to_numpy(zero_copy_only=False)
+    tokens = {
+        c: pc.fill_null(rows.column(c), 0).to_numpy().astype(np.float64) for c in USAGE_COLUMNS
+    }
+    costs = np.zeros(rows.num_rows)
+    unknown = np.zeros(rows.num_rows, dtype=bool)
+    for model in set(models[succeeded]):
+        mine = succeeded & (models == model)
+        price = price_table().for_model(model)
+        if price is None:
+            unpriced.add(model)
+            unknown |= mine
+            continue
+        costs[mine] = usage_cost(price, *(tokens[c][mine] for c in USAGE_COLUMNS))
+    return pa.array(costs, pa.float64(), mask=unknown)

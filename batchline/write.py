@@ -11,7 +11,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, assert_never
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,18 +20,10 @@ from batchline import schemas, structured
 from batchline.config import RunError
 from batchline.failpoints import failpoint
 from batchline.ledger import Ledger
-from batchline.pricing import price_table, usage_cost
+from batchline.pricing import USAGE_COLUMNS, price_table, row_costs
 from batchline.request_index import open_index
 from batchline.storage import STAMP, OutputLayout, reuse_or_restamp, write_stamp
 from batchline.wording import counted
-
-_TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_1h_input_tokens",
-)
 
 
 class WriteError(RunError):
@@ -222,7 +213,7 @@ def _batch_rows(
     collected = layout.read_table("collected", f"{batch_id}.parquet")
     answers = layout.read_table("results", _answers_name(batch_id))
     rows = collected.join(answers, "custom_id", join_type="inner")
-    rows = rows.append_column("cost_usd", _costs(rows, unpriced))
+    rows = rows.append_column("cost_usd", row_costs(rows, unpriced))
     if fields is not None:
         valid = pc.equal(rows.column("status"), "succeeded").combine_chunks()
         for name, column in zip(
@@ -263,7 +254,7 @@ def _tally(name: str, rows: pa.Table, unpriced: set[str]) -> WrittenPart:
         rows=rows.num_rows,
         by_status=by_status,
         error_types=dict(error_types),
-        tokens={c: pc.sum(rows.column(c)).as_py() or 0 for c in _TOKEN_COLUMNS},
+        tokens={c: pc.sum(rows.column(c)).as_py() or 0 for c in USAGE_COLUMNS},
         cost_usd=pc.sum(rows.column("cost_usd")).as_py() or 0.0,
         unpriced_models=sorted(unpriced),
     )
@@ -294,26 +285,3 @@ def _summary(output: str, batches: int, parts: list[WrittenPart]) -> RunSummary:
         unpriced_models=sorted(unpriced),
         error_types=dict(error_types),
     )
-
-
-def _costs(rows: pa.Table, unpriced: set[str]) -> pa.Array:
-    """cost_usd of each row: its usage at batch prices; 0 unless billed; null if unpriced."""
-    # An invalid_output reply was generated, so it is paid for like a succeeded one.
-    succeeded = pc.is_in(rows.column("status"), pa.array(["succeeded", "invalid_output"])).to_numpy(
-        zero_copy_only=False
-    )
-    models = rows.column("model").to_numpy(zero_copy_only=False)
-    tokens = {
-        c: pc.fill_null(rows.column(c), 0).to_numpy().astype(np.float64) for c in _TOKEN_COLUMNS
-    }
-    costs = np.zeros(rows.num_rows)
-    unknown = np.zeros(rows.num_rows, dtype=bool)
-    for model in set(models[succeeded]):
-        mine = succeeded & (models == model)
-        price = price_table().for_model(model)
-        if price is None:
-            unpriced.add(model)
-            unknown |= mine
-            continue
-        costs[mine] = usage_cost(price, *(tokens[c][mine] for c in _TOKEN_COLUMNS))
-    return pa.array(costs, pa.float64(), mask=unknown)

@@ -11,6 +11,8 @@ import pytest
 import s3fs
 
 from batchline.emulator import Emulator
+from batchline.status import output_status
+from batchline.storage import OutputLayout
 from batchline.write import RunSummary
 from flows.pipeline import batch_pipeline
 from tests.s3.conftest import AWS_SECRET, BUCKET
@@ -54,6 +56,11 @@ def test_s3_source_and_output_run_end_to_end_and_rerun_pays_nothing(
     assert s3.ls(f"{BUCKET}/out/run-1/prefect"), "Prefect's task results persist on S3 too"
 
     submitted = emulator.stats()["requests_submitted"]
+    state = output_status(OutputLayout(output))
+    assert state.requests_submitted == submitted > len(doc_ids)
+    assert state.answers == {"succeeded": len(doc_ids), "expired": submitted - len(doc_ids)}
+    assert state.processing == [] and state.results == summary
+    assert state.spent_usd == pytest.approx(summary.cost_usd)
     again = batch_pipeline(source=f"s3://{BUCKET}/in", output=output, **params)
     assert again == summary
     assert emulator.stats()["requests_submitted"] == submitted

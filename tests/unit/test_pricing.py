@@ -4,10 +4,11 @@ import json
 import typing
 from importlib import resources
 
+import pyarrow as pa
 import pytest
 from anthropic.types import ModelParam
 
-from batchline.pricing import Usage, cost_usd, price_table
+from batchline.pricing import Usage, cost_usd, price_table, row_costs
 
 
 def test_batch_price_is_half_the_standard_price() -> None:
@@ -71,3 +72,32 @@ def test_every_model_the_sdk_lists_is_priced_or_named_as_unpriced() -> None:
         "claude-mythos-preview",
     }
     assert all(m in comment for m in unpriced), "the file says which models it leaves out"
+
+
+def test_each_row_is_costed_by_its_own_model_with_one_hour_writes_apart() -> None:
+    rows = pa.table(
+        {
+            "status": ["succeeded", "succeeded", "succeeded", "errored"],
+            "model": ["claude-opus-4-6", "claude-haiku-4-5-20251001", "claude-new-9", None],
+            "input_tokens": [100, 100, 100, None],
+            "output_tokens": [10, 10, 10, None],
+            "cache_creation_input_tokens": [1000, 0, 0, None],
+            "cache_read_input_tokens": [0, 500, 0, None],
+            "cache_creation_1h_input_tokens": [600, 0, 0, None],
+        }
+    )
+    unpriced: set[str] = set()
+    costs = row_costs(rows, unpriced).to_pylist()
+    opus = Usage(
+        input_tokens=100,
+        output_tokens=10,
+        cache_creation_input_tokens=1000,
+        cache_creation_1h_input_tokens=600,
+    )
+    assert costs[0] == pytest.approx(cost_usd("claude-opus-4-6", opus))
+    # 400 five-minute writes at 1.25x and 600 one-hour writes at 2x of $5, halved for batches.
+    assert costs[0] == pytest.approx((500 + 250 + 400 * 6.25 + 600 * 10) / 2e6)
+    haiku = Usage(input_tokens=100, output_tokens=10, cache_read_input_tokens=500)
+    assert costs[1] == pytest.approx(cost_usd("claude-haiku-4-5", haiku))
+    assert costs[2] is None and unpriced == {"claude-new-9"}
+    assert costs[3] == 0.0
