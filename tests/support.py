@@ -8,12 +8,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -23,10 +25,15 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
-from batchline.config import DEFAULT_MODEL
+from batchline.build import build_manifest
+from batchline.collect import write_collected
+from batchline.config import DEFAULT_MODEL, JobConfig, SourceOptions
 from batchline.emulator import Emulator
+from batchline.ledger import Ledger
+from batchline.load import stage_documents
 from batchline.models import ModelLimits, ModelTable
 from batchline.retry import RETRYABLE_ERROR_TYPES
+from batchline.storage import OutputLayout
 from tests.conftest import TEST_API_KEY
 
 
@@ -200,3 +207,43 @@ def hello_params(max_tokens: int = 16) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": "hi"}],
     }
+
+
+SMALL_RUN_JOB = JobConfig()
+
+
+def record_batch(layout: OutputLayout, requests: pa.Table, batch_id: str) -> None:
+    """The ledger's record of a batch of ``requests`` created as ``batch_id``."""
+    now = datetime.now(UTC)
+    ledger = Ledger(layout)
+    ledger.record_batch(ledger.record_intent(requests), batch_id, now, now, adopted=False)
+
+
+def collect_answers(layout: OutputLayout, batch_id: str, outcomes: dict[str, str]) -> None:
+    """``batch_id``'s results collected: an outcome (or error type) per custom_id."""
+    lines = [result_line(c, o, f"answer to {c} in {batch_id}") for c, o in outcomes.items()]
+    write_collected(layout, batch_id, lines, set(outcomes))
+
+
+def small_run_output(root: Path, *, collect_retry: bool = True) -> OutputLayout:
+    """Six documents, one invalid, over three shards; two overloaded in the first batch and
+    answered by a second one (unless ``collect_retry`` is False: then they stay unanswered)."""
+    rows = [{"id": f"d{i}", "text": f"text of d{i}"} for i in range(5)]
+    rows.append({"id": "d5", "text": "text of d5", "max_tokens": "many"})
+    root.mkdir()
+    (root / "docs.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    layout = OutputLayout(str(root / "out"))
+    loaded = stage_documents(str(root / "docs.jsonl"), layout, SourceOptions(shard_size=2))
+    build_manifest(layout, SMALL_RUN_JOB, loaded.fingerprint, model_table(SMALL_RUN_JOB.model))
+    manifest = pa.concat_tables(
+        layout.read_table("manifest", n) for n in layout.names("manifest", ".parquet")
+    )
+    custom_ids = manifest.column("custom_id").to_pylist()
+    record_batch(layout, manifest, "msgbatch_1")
+    first = {c: "overloaded_error" if i < 2 else "succeeded" for i, c in enumerate(custom_ids)}
+    collect_answers(layout, "msgbatch_1", first)
+    retried = manifest.slice(0, 2)
+    record_batch(layout, retried, "msgbatch_2")
+    if collect_retry:
+        collect_answers(layout, "msgbatch_2", dict.fromkeys(custom_ids[:2], "succeeded"))
+    return layout

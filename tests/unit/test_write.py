@@ -2,20 +2,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchline.build import build_manifest
-from batchline.collect import write_collected
-from batchline.config import JobConfig, SourceOptions
-from batchline.ledger import Ledger
-from batchline.load import stage_documents
+from batchline.config import JobConfig
 from batchline.storage import OutputLayout
 from batchline.write import (
     WriteError,
@@ -24,44 +18,9 @@ from batchline.write import (
     write_part,
     write_results,
 )
-from tests.support import model_table, result_line
+from tests.support import small_run_output
 
 JOB = JobConfig()
-
-
-def _submitted(layout: OutputLayout, requests: pa.Table, batch_id: str) -> None:
-    now = datetime.now(UTC)
-    ledger = Ledger(layout)
-    ledger.record_batch(ledger.record_intent(requests), batch_id, now, now, adopted=False)
-
-
-def _answered(layout: OutputLayout, batch_id: str, outcomes: dict[str, str]) -> None:
-    lines = [result_line(c, o, f"answer to {c} in {batch_id}") for c, o in outcomes.items()]
-    write_collected(layout, batch_id, lines, set(outcomes))
-
-
-def _run_output(root: Path, *, collect_retry: bool = True) -> OutputLayout:
-    """Six documents, one invalid, over three shards; two overloaded in the first batch and
-    answered by a second one (unless ``collect_retry`` is False: then they stay unanswered)."""
-    rows = [{"id": f"d{i}", "text": f"text of d{i}"} for i in range(5)]
-    rows.append({"id": "d5", "text": "text of d5", "max_tokens": "many"})
-    root.mkdir()
-    (root / "docs.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
-    layout = OutputLayout(str(root / "out"))
-    loaded = stage_documents(str(root / "docs.jsonl"), layout, SourceOptions(shard_size=2))
-    build_manifest(layout, JOB, loaded.fingerprint, model_table(JOB.model))
-    manifest = pa.concat_tables(
-        layout.read_table("manifest", n) for n in layout.names("manifest", ".parquet")
-    )
-    custom_ids = manifest.column("custom_id").to_pylist()
-    _submitted(layout, manifest, "msgbatch_1")
-    first = {c: "overloaded_error" if i < 2 else "succeeded" for i, c in enumerate(custom_ids)}
-    _answered(layout, "msgbatch_1", first)
-    retried = manifest.slice(0, 2)
-    _submitted(layout, retried, "msgbatch_2")
-    if collect_retry:
-        _answered(layout, "msgbatch_2", dict.fromkeys(custom_ids[:2], "succeeded"))
-    return layout
 
 
 def _results(layout: OutputLayout) -> pd.DataFrame:
@@ -73,7 +32,7 @@ def _hidden(layout: OutputLayout) -> list[str]:
 
 
 def test_parts_are_written_from_the_output_root_alone_in_any_order(tmp_path: Path) -> None:
-    whole = _run_output(tmp_path / "whole")
+    whole = small_run_output(tmp_path / "whole")
     split = OutputLayout(str(tmp_path / "split" / "out"))
     shutil.copytree(whole.root, split.root)
     expected = write_results(whole)
@@ -103,7 +62,7 @@ def test_parts_are_written_from_the_output_root_alone_in_any_order(tmp_path: Pat
 
 
 def test_a_written_table_is_planned_as_done_until_a_part_goes(tmp_path: Path) -> None:
-    layout = _run_output(tmp_path / "run")
+    layout = small_run_output(tmp_path / "run")
     first = write_results(layout)
 
     again = plan_write(layout)
@@ -130,7 +89,7 @@ def test_a_written_table_is_planned_as_done_until_a_part_goes(tmp_path: Path) ->
 def test_the_plan_refuses_while_a_request_is_unanswered_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
-    layout = _run_output(tmp_path / "run", collect_retry=False)
+    layout = small_run_output(tmp_path / "run", collect_retry=False)
 
     with pytest.raises(WriteError, match="2 documents have no collected result yet"):
         plan_write(layout)
