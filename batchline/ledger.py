@@ -52,6 +52,15 @@ class Ledger:
             for name in self.layout.names("ledger", ".json")
         ]
 
+    def uncollected(self) -> list[LedgerEntry]:
+        """Entries whose batch was created and whose results are not collected yet: the batches
+        still processing (or ended and not yet collected), which a run waits for."""
+        return [
+            e
+            for e in self.entries()
+            if e.batch_id and not self.layout.exists("collected", f"{e.batch_id}.parquet")
+        ]
+
     def record_intent(self, requests: pa.Table) -> LedgerEntry:
         """Persist the intent to submit ``requests`` (custom_id, params_hash, request_bytes)."""
         now = datetime.now(UTC)

@@ -16,11 +16,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from batchline.build import BuildSummary
-from batchline.config import ConfigError
 from batchline.ledger import Ledger
 from batchline.load import LoadSummary
 from batchline.pricing import USAGE_COLUMNS, row_costs
-from batchline.storage import RUN_MARKER, Area, OutputLayout, RunMarker, stamped_summary
+from batchline.storage import Area, OutputLayout, run_marker, stamped_summary
 from batchline.write import RunSummary, results_inputs
 
 
@@ -62,12 +61,9 @@ class OutputStatus(BaseModel):
 
 def output_status(layout: OutputLayout) -> OutputStatus:
     """The state of the output at ``layout``; ConfigError if it holds no batchline run."""
-    if not layout.exists(None, RUN_MARKER):
-        raise ConfigError(
-            f"{layout.root} holds no batchline run (no {RUN_MARKER}); pass the --output of a run"
-        )
-    marker = RunMarker.model_validate(layout.read_json(None, RUN_MARKER))
-    entries = Ledger(layout).entries()
+    marker = run_marker(layout)
+    ledger = Ledger(layout)
+    entries = ledger.entries()
     created = [e for e in entries if e.batch_id is not None]
     collected = {name.removesuffix(".parquet") for name in layout.names("collected", ".parquet")}
     answers: Counter[str] = Counter()
@@ -92,8 +88,8 @@ def output_status(layout: OutputLayout) -> OutputStatus:
         requests_submitted=sum(e.request_count for e in created),
         processing=[
             Processing(batch_id=e.batch_id, request_count=e.request_count, expires_at=e.expires_at)
-            for e in created
-            if e.batch_id is not None and e.batch_id not in collected
+            for e in ledger.uncollected()
+            if e.batch_id is not None
         ],
         answers=dict(answers),
         spent_usd=None if unpriced else spent,

@@ -244,6 +244,15 @@ def claim_output(layout: OutputLayout, source: str, job_fingerprint: str) -> Non
         raise ConfigError(f"output {layout.root} cannot be used: {exc}") from exc
 
 
+def run_marker(layout: OutputLayout) -> RunMarker:
+    """Which source ``layout`` belongs to; ConfigError when it holds no run."""
+    if not layout.exists(None, RUN_MARKER):
+        raise ConfigError(
+            f"{layout.root} holds no batchline run (no {RUN_MARKER}); pass the --output of a run"
+        )
+    return RunMarker.model_validate(layout.read_json(None, RUN_MARKER))
+
+
 def release_output(layout: OutputLayout) -> None:
     """Forget which source ``layout`` belongs to, so that another source may claim it."""
     if layout.exists(None, RUN_MARKER):

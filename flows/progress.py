@@ -28,11 +28,7 @@ PROGRESS_DESCRIPTION = "Requests processed across the batches being waited for"
 
 def outstanding_batch_ids(layout: OutputLayout) -> list[str]:
     """Batches the ledger holds whose results are not collected yet: what a run waits for."""
-    return [
-        e.batch_id
-        for e in Ledger(layout).entries()
-        if e.batch_id and not layout.exists("collected", f"{e.batch_id}.parquet")
-    ]
+    return [e.batch_id for e in Ledger(layout).uncollected() if e.batch_id]
 
 
 def batches_to_wait_for(layout: OutputLayout, submitted: list[str]) -> list[str]:
