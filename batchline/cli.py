@@ -34,6 +34,7 @@ from batchline import prefect_server
 from batchline.prefect_server import PrefectApi, ServerError
 
 if TYPE_CHECKING:
+    from anthropic import Anthropic
     from prefect import Flow
 
     from batchline.build import BuildSummary
@@ -88,6 +89,7 @@ def _app(run: Callable[..., int] | None = None) -> App:
     app.command(demo)
     app.command(server)
     app.command(status)
+    app.command(cancel)
     # Everything after `emulator` is the emulator's own, --help included.
     app.command(emulator, help_flags=())
     return app
@@ -243,6 +245,8 @@ def _interrupted(output: str, ctrl_c: CtrlC) -> int:
         else "no batch in flight"
     )
     message += "; run the same command again to resume"
+    if in_flight:
+        message += f", or batchline cancel {output} to stop paying for them"
     if ctrl_c.flow_run_id is not None:
         try:
             mark_cancelled(ctrl_c.flow_run_id, message)
@@ -477,6 +481,56 @@ def status(output: str, /) -> int:
         console.print(f"[bold red]batchline: {escape(str(exc))}[/]")
         return 2
     _print_status(state)
+    return 0
+
+
+def cancel(output: str, /) -> int:
+    """Cancel an output's batches that are still processing, to stop paying for them.
+
+    Stop its run first (Ctrl-C, or cancel the flow run): a run still going would submit what it
+    has not yet. Requests processed before the cancel are billed; the same run command collects
+    their answers later, and the canceled requests stay canceled rows. Uses ANTHROPIC_API_KEY.
+
+    Args:
+        output: A run's output root, local or s3://.
+    """
+    from anthropic import APIError
+
+    from batchline.cancel import cancel_processing
+    from batchline.client import make_client
+    from batchline.config import ConfigError
+    from batchline.lock import output_lock
+    from batchline.storage import OutputLayout, run_marker
+
+    def connect() -> Anthropic:
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise ConfigError("set ANTHROPIC_API_KEY (the run's key) to cancel its batches")
+        return make_client()
+
+    layout = OutputLayout(output)
+    try:
+        run_marker(layout)
+        # Held while cancelling, so no run submits meanwhile; a run holding it is refused.
+        busy = "stop that run first (Ctrl-C, or cancel its flow run), then cancel"
+        with output_lock(layout, "batchline cancel", wait_seconds=0, busy=busy):
+            canceled = cancel_processing(connect, layout)
+    except ConfigError as exc:
+        console.print(f"[bold red]batchline: {escape(str(exc))}[/]")
+        return 2
+    except APIError as exc:
+        console.print(f"[bold red]batchline: the API did not cancel: {escape(str(exc))}[/]")
+        return 1
+    if not canceled:
+        console.print(f"nothing to cancel: no batch of {layout.root} is processing")
+        return 0
+    for batch in canceled:
+        what = "had already ended" if batch.processing_status == "ended" else "canceled"
+        console.print(f"{batch.batch_id} ({batch.request_count:,} requests): {what}")
+    console.print(
+        "Requests processed before the cancel are billed. The run's own command collects their "
+        "answers; canceled requests stay canceled rows, but requests never submitted would be "
+        "submitted then."
+    )
     return 0
 
 

@@ -100,12 +100,14 @@ def output_lock(
     poll_seconds: float = 1.0,
     ttl_seconds: float = 60.0,
     logger: Logger = log,
+    busy: str = "wait for that run to end, or choose another output",
 ) -> Iterator[Owner]:
     """Hold the lock of ``layout``'s output root for the ``with`` block; yields its owner record.
 
     Waits up to ``wait_seconds`` for another run to let go, then raises ConfigError naming it.
     ``ttl_seconds`` is how long an S3 lock may go without a heartbeat before it counts as stale.
     ``logger`` tells the user about the wait and about S3 takeovers (the run's logger, say).
+    ``busy`` ends the refusal: what to do about the holder.
     """
     owner = Owner.this_process(run)
     path = layout.path(None, LOCK_NAME)
@@ -123,10 +125,7 @@ def output_lock(
             )
         while holder is not None:
             if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"output {layout.root} is in use by {holder}; "
-                    "wait for that run to end, or choose another output"
-                )
+                raise ConfigError(f"output {layout.root} is in use by {holder}; {busy}")
             time.sleep(poll_seconds)
             holder = lock.try_acquire()
     except OSError as exc:

@@ -100,6 +100,19 @@ def run_cli(
     )
 
 
+def batchline(
+    *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``batchline ARGUMENTS`` run to its end, what it printed captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchline.cli", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def finish(process: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, str]:
     """Wait for a CLI run; its exit code and everything it printed."""
     out, _ = process.communicate(timeout=timeout)

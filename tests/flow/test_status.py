@@ -4,8 +4,6 @@ a run that dies twice, and agrees with the API's own counts and the results; it 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +15,7 @@ from batchline.emulator import Emulator
 from batchline.failpoints import ENV_VAR
 from batchline.status import OutputStatus, output_status
 from batchline.storage import OutputLayout
-from tests.support import cli_env, finish, run_cli, submitted_batches, write_documents
+from tests.support import batchline, cli_env, finish, run_cli, submitted_batches, write_documents
 
 
 def _files(root: Path) -> dict[str, tuple[int, int]]:
@@ -62,13 +60,7 @@ def test_status_follows_a_run_killed_twice_and_matches_the_api_and_the_results(
     assert [(p.batch_id, p.request_count) for p in state.processing] == [(batch_id, 25)]
     assert (state.batches_created, state.requests_submitted) == (1, 25)
     assert state.answers == {} and state.spent_usd == 0.0 and state.results is None
-    printed_status = subprocess.run(
-        [sys.executable, "-m", "batchline.cli", "status", str(output)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    printed_status = batchline("status", str(output), env=env)
     assert printed_status.returncode == 0, printed_status.stderr
     assert f"{batch_id} (25 requests)" in printed_status.stdout
     assert "Traceback" not in printed_status.stderr
@@ -95,12 +87,7 @@ def test_status_follows_a_run_killed_twice_and_matches_the_api_and_the_results(
 
 
 def test_status_of_a_folder_without_a_run_is_a_one_line_refusal(tmp_path: Path) -> None:
-    shown = subprocess.run(
-        [sys.executable, "-m", "batchline.cli", "status", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = batchline("status", str(tmp_path))
     assert shown.returncode == 2
     assert shown.stdout.strip().splitlines() == [
         f"batchline: {tmp_path} holds no batchline run (no batchline-run.json); pass the "

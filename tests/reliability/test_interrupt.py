@@ -11,11 +11,16 @@ from uuid import UUID
 
 import pandas as pd
 import pytest
+from anthropic import Anthropic
 
 from batchline.emulator import Emulator
+from batchline.status import output_status
+from batchline.storage import OutputLayout
 from deployments.local import wait_for
+from tests.conftest import TEST_API_KEY
 from tests.support import (
     assert_complete_and_paid_once,
+    batchline,
     finish,
     run_cli,
     submitted_batches,
@@ -48,7 +53,8 @@ def test_ctrl_c_during_wait_stops_within_seconds_cancelled_and_the_same_command_
     [line] = [line for line in printed.splitlines() if line.startswith("batchline:")]
     assert line == (
         f"batchline: stopped by Ctrl-C; still processing at the API: {batch_id}; "
-        "run the same command again to resume"
+        f"run the same command again to resume, or batchline cancel {output} to stop paying for "
+        "them"
     )
     assert "Traceback" not in printed and "Crash" not in printed, printed
     match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", printed)
@@ -81,3 +87,47 @@ def test_a_second_ctrl_c_exits_at_once(
 
     assert time.monotonic() - interrupted_at < 1, printed
     assert code == 130, printed
+
+
+def test_ctrl_c_then_cancel_stops_the_batch_and_the_same_command_keeps_canceled_rows(
+    tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
+) -> None:
+    emulator, env = emulator_env(processing_seconds=120)
+    docs = write_documents(tmp_path / "docs", 5)
+    output = tmp_path / "out"
+    api = Anthropic(base_url=emulator.base_url, api_key=TEST_API_KEY)
+    process = run_cli(tmp_path / "docs", output, env)
+    wait_for(lambda: submitted_batches(output), 120, "the first batch", process)
+    [batch_id] = submitted_batches(output)
+
+    refused = batchline("cancel", str(output), env=env)
+    assert refused.returncode == 2, refused.stdout
+    [line] = refused.stdout.splitlines()
+    assert line.startswith(f"batchline: output {output} is in use by flow run ")
+    assert line.endswith("; stop that run first (Ctrl-C, or cancel its flow run), then cancel")
+    assert api.messages.batches.retrieve(batch_id).processing_status == "in_progress"
+
+    process.send_signal(signal.SIGINT)
+    assert finish(process, timeout=60)[0] == 130
+    cancelled = batchline("cancel", str(output), env=env)
+
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert f"{batch_id} (5 requests): canceled" in cancelled.stdout
+    assert "Traceback" not in cancelled.stderr
+    wait_for(
+        lambda: api.messages.batches.retrieve(batch_id).processing_status == "ended",
+        30,
+        "the canceled batch to end",
+    )
+    assert api.messages.batches.retrieve(batch_id).request_counts.canceled == 5
+
+    code, printed = finish(run_cli(tmp_path / "docs", output, env))
+    assert code == 0, printed
+    table = pd.read_parquet(output / "results")
+    assert sorted(table.doc_id) == sorted(docs) and set(table.status) == {"canceled"}
+    assert (emulator.stats()["batches_created"], emulator.stats()["requests_submitted"]) == (1, 5)
+    state = output_status(OutputLayout(str(output)))
+    assert state.answers == {"canceled": 5} and state.spent_usd == 0.0
+    again = batchline("cancel", str(output), env=env)
+    assert again.returncode == 0
+    assert again.stdout.strip() == f"nothing to cancel: no batch of {output} is processing"
