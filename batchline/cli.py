@@ -603,7 +603,11 @@ def _print_status(state: OutputStatus) -> None:
         table.add_row("creates in doubt", doubt)
     table.add_row(
         "still processing",
-        ", ".join(f"{p.batch_id} ({p.request_count:,} requests)" for p in state.processing)
+        ", ".join(
+            f"{p.batch_id} ({p.request_count:,} requests"
+            + (f", expires {p.expires_at:%Y-%m-%d %H:%M} UTC)" if p.expires_at else ")")
+            for p in state.processing
+        )
         or "nothing",
     )
     table.add_row("answers collected", _counts(state.answers) or "none yet")

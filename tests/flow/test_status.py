@@ -62,7 +62,7 @@ def test_status_follows_a_run_killed_twice_and_matches_the_api_and_the_results(
     assert state.answers == {} and state.spent_usd == 0.0 and state.results is None
     printed_status = batchline("status", str(output), env=env)
     assert printed_status.returncode == 0, printed_status.stderr
-    assert f"{batch_id} (25 requests)" in printed_status.stdout
+    assert f"{batch_id} (25 requests, expires 20" in printed_status.stdout
     assert "Traceback" not in printed_status.stderr
     second.send_signal(signal.SIGKILL)
     second.wait()
