@@ -2,8 +2,9 @@
 
 The API bills only the requests it processed before the cancel; the others end ``canceled``. A
 later run of the same command collects every answer, and keeps canceled requests as ``canceled``
-rows: they were stopped on purpose, so they are never resubmitted (batchline/retry.py). Requests
-that were never submitted still would be, so a run that is still going must be stopped first.
+rows: they were stopped on purpose, so only a run with ``retry_canceled`` resubmits them
+(batchline/retry.py). Requests that were never submitted would be submitted by any run, so a run
+that is still going must be stopped first.
 """
 
 from __future__ import annotations

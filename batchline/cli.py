@@ -489,7 +489,8 @@ def cancel(output: str, /) -> int:
 
     Stop its run first (Ctrl-C, or cancel the flow run): a run still going would submit what it
     has not yet. Requests processed before the cancel are billed; the same run command collects
-    their answers later, and the canceled requests stay canceled rows. Uses ANTHROPIC_API_KEY.
+    their answers later, and the canceled requests stay canceled rows unless it is given
+    --retry-canceled. Uses ANTHROPIC_API_KEY.
 
     Args:
         output: A run's output root, local or s3://.
@@ -528,8 +529,8 @@ def cancel(output: str, /) -> int:
         console.print(f"{batch.batch_id} ({batch.request_count:,} requests): {what}")
     console.print(
         "Requests processed before the cancel are billed. The run's own command collects their "
-        "answers; canceled requests stay canceled rows, but requests never submitted would be "
-        "submitted then."
+        "answers and keeps canceled requests as canceled rows (with --retry-canceled it submits "
+        "them again); it would also submit any request never submitted yet."
     )
     return 0
 

@@ -53,6 +53,22 @@ class SourceOptions(BaseModel):
     )
 
 
+class RetryPolicy(BaseModel):
+    """Which ended requests a run submits again, and how often in all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_attempts: int = 3
+    # A reply that did not parse or match the output schema was paid for and may fail again.
+    retry_invalid_output: bool = False
+    # A canceled request was stopped on purpose (batchline cancel); resubmitted only when asked.
+    retry_canceled: bool = False
+
+    def fingerprint(self) -> str:
+        """The policy as a short string: the request index recomputes kinds when it changes."""
+        return f"{self.max_attempts}:{int(self.retry_invalid_output)}:{int(self.retry_canceled)}"
+
+
 class JobConfig(BaseModel):
     """What to ask the model for each document, and how hard to try."""
 
@@ -76,6 +92,9 @@ class JobConfig(BaseModel):
     )
     retry_invalid_output: bool = Field(
         False, description="Resubmit replies that did not parse or match output_schema."
+    )
+    retry_canceled: bool = Field(
+        False, description="Resubmit requests a cancel stopped (batchline cancel)."
     )
     model_column: str = Field(
         "model", min_length=1, description="Column of tabular sources overriding a row's model."
@@ -137,6 +156,14 @@ class JobConfig(BaseModel):
             for _, name, _, _ in string.Formatter().parse(self.template)
             if name
         }
+
+    def retry_policy(self) -> RetryPolicy:
+        """Which ended requests this job submits again."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            retry_invalid_output=self.retry_invalid_output,
+            retry_canceled=self.retry_canceled,
+        )
 
     def request_fingerprint(self) -> str:
         """Hash of everything that shapes a request's params (not polling or budget)."""

@@ -29,8 +29,9 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
+from batchline.config import RetryPolicy
 from batchline.ledger import Ledger
-from batchline.retry import RequestState, Submission, submission_kind
+from batchline.retry import DEFAULT_POLICY, RequestState, Submission, submission_kind
 from batchline.storage import STAMP, OutputLayout, part_name
 
 # Bumped when the tables change: an index of another version is rebuilt.
@@ -203,21 +204,18 @@ class RequestStates(Mapping[str, RequestState]):
         return int(self._index.db.execute(query).fetchone()[0])
 
 
-def open_index(
-    layout: OutputLayout, max_attempts: int = 3, retry_invalid_output: bool = False
-) -> RequestIndex:
+def open_index(layout: OutputLayout, policy: RetryPolicy = DEFAULT_POLICY) -> RequestIndex:
     """The index of ``layout``, brought up to date with its ledger, results and manifest.
 
-    Kinds are those of ``max_attempts`` and ``retry_invalid_output``; an index computed for other
-    settings recomputes them. Close it (or use it as a context manager) when done.
+    Kinds are those of ``policy``; an index computed under another policy recomputes them.
+    Close it (or use it as a context manager) when done.
     """
     path = index_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings = f"{max_attempts}:{int(retry_invalid_output)}"
     db: sqlite3.Connection | None = None
     try:
-        db = _connect(path, max_attempts, retry_invalid_output)
-        if not _sync(db, layout, settings):
+        db = _connect(path, policy)
+        if not _sync(db, layout, policy.fingerprint()):
             db.close()
             db = None
     except sqlite3.DatabaseError:
@@ -226,12 +224,12 @@ def open_index(
             db.close()
         db = None
     if db is None:
-        _rebuild(layout, path, max_attempts, retry_invalid_output, settings)
-        db = _connect(path, max_attempts, retry_invalid_output)
+        _rebuild(layout, path, policy)
+        db = _connect(path, policy)
     return RequestIndex(db)
 
 
-def _connect(path: Path, max_attempts: int, retry_invalid_output: bool) -> sqlite3.Connection:
+def _connect(path: Path, policy: RetryPolicy) -> sqlite3.Connection:
     # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), so two processes syncing
     # the same index (Dask workers) take turns instead of both absorbing the same entry.
     db = sqlite3.connect(path, timeout=600, isolation_level=None)
@@ -249,7 +247,7 @@ def _connect(path: Path, max_attempts: int, retry_invalid_output: bool) -> sqlit
         state = None
         if params_hash is not None:
             state = RequestState(params_hash, attempts, None, status, error_type)
-        return submission_kind(state, manifest_hash, max_attempts, retry_invalid_output)
+        return submission_kind(state, manifest_hash, policy)
 
     db.create_function("submission_kind", 5, kind, deterministic=True)
     return db
@@ -312,13 +310,11 @@ def _sync(db: sqlite3.Connection, layout: OutputLayout, settings: str) -> bool:
     return True
 
 
-def _rebuild(
-    layout: OutputLayout, path: Path, max_attempts: int, retry_invalid_output: bool, settings: str
-) -> None:
+def _rebuild(layout: OutputLayout, path: Path, policy: RetryPolicy) -> None:
     """A new index from the manifest, the ledger and the collected files, swapped in whole."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    db = _connect(tmp, max_attempts, retry_invalid_output)
+    db = _connect(tmp, policy)
     try:
         # A half-built file is thrown away, never opened: no journal needed while building.
         db.execute("PRAGMA journal_mode = OFF")
@@ -333,7 +329,7 @@ def _rebuild(
         db.execute("CREATE INDEX pending ON requests (kind, part, row) WHERE kind IS NOT NULL")
         db.executemany(
             "INSERT INTO meta VALUES (?, ?)",
-            [("version", VERSION), ("manifest", manifest), ("settings", settings)],
+            [("version", VERSION), ("manifest", manifest), ("settings", policy.fingerprint())],
         )
         db.execute("COMMIT")
     finally:

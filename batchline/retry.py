@@ -8,6 +8,8 @@ from typing import Literal
 import anthropic
 import httpx2
 
+from batchline.config import RetryPolicy
+
 # Error types of an errored result that a later attempt can cure. invalid_request_error (and any
 # type not listed, such as authentication or permission errors) would fail the same way again.
 RETRYABLE_ERROR_TYPES = frozenset(
@@ -15,23 +17,24 @@ RETRYABLE_ERROR_TYPES = frozenset(
 )
 
 
-def is_retryable(
-    status: str | None, error_type: str | None, retry_invalid_output: bool = False
-) -> bool:
-    """Whether a request that ended with this outcome can succeed if submitted again.
+DEFAULT_POLICY = RetryPolicy()
 
-    A reply that did not parse or match the output schema (``invalid_output``) was paid for and
-    may fail again the same way, so it is resubmitted only when the run asks for it.
-    """
+
+def is_retryable(
+    status: str | None, error_type: str | None, policy: RetryPolicy = DEFAULT_POLICY
+) -> bool:
+    """Whether a request that ended with this outcome can succeed if submitted again."""
     match status:
         case "expired":
             return True
         case "invalid_output":
-            return retry_invalid_output
+            return policy.retry_invalid_output
+        case "canceled":
+            return policy.retry_canceled
         case "errored":
             return error_type in RETRYABLE_ERROR_TYPES
-        case "succeeded" | "canceled" | "invalid" | None:
-            # canceled: someone stopped the batch on purpose; None: still in flight.
+        case "succeeded" | "invalid" | None:
+            # None: still in flight.
             return False
         case _:
             raise ValueError(f"unknown result status {status!r}")
@@ -52,29 +55,23 @@ class RequestState:
 
 
 def submission_kind(
-    state: RequestState | None,
-    params_hash: str,
-    max_attempts: int,
-    retry_invalid_output: bool = False,
+    state: RequestState | None, params_hash: str, policy: RetryPolicy = DEFAULT_POLICY
 ) -> Submission | None:
     """Whether a manifest request goes into a next batch: as a new request, a retry, or not."""
     if state is None or state.params_hash != params_hash:
         return "new"
-    if state.attempts < max_attempts and is_retryable(
-        state.status, state.error_type, retry_invalid_output
+    if state.attempts < policy.max_attempts and is_retryable(
+        state.status, state.error_type, policy
     ):
         return "retry"
     return None
 
 
 def needs_submission(
-    state: RequestState | None,
-    params_hash: str,
-    max_attempts: int,
-    retry_invalid_output: bool = False,
+    state: RequestState | None, params_hash: str, policy: RetryPolicy = DEFAULT_POLICY
 ) -> bool:
     """Whether a manifest request should go into the next batch, as new or as a retry."""
-    return submission_kind(state, params_hash, max_attempts, retry_invalid_output) is not None
+    return submission_kind(state, params_hash, policy) is not None
 
 
 def is_transient_api_failure(error: BaseException) -> bool:

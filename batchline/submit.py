@@ -94,7 +94,7 @@ def submit_pending(
     if created:
         # The index takes the new entries now, while the API processes their batches: left to
         # the first look after the wait, they would add a second per 100,000 requests to it.
-        open_index(layout, job.max_attempts, job.retry_invalid_output).close()
+        open_index(layout, job.retry_policy()).close()
     failpoint("submit.done")
     return created
 
@@ -188,7 +188,7 @@ def pending_parts(
     """The manifest parts that hold requests to submit (of ``kind``; None: both), filtered to
     those requests. The index says which rows; only those parts' bodies are read."""
     columns = ["custom_id", "params_hash", "request_bytes", "params_json"]
-    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+    with open_index(layout, job.retry_policy()) as index:
         for part, rows, custom_ids in index.pending_rows(kind):
             table = layout.read_table("manifest", part, columns=columns)
             chunk = table.take(pa.array(rows, pa.int64()))
@@ -203,13 +203,13 @@ def pending_parts(
 
 def count_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> int:
     """How many manifest requests are still to be submitted (of ``kind``; None: both)."""
-    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+    with open_index(layout, job.retry_policy()) as index:
         return index.count_pending(kind)
 
 
 def any_pending(layout: OutputLayout, job: JobConfig, kind: Submission | None = None) -> bool:
     """Whether any manifest request is still to be submitted (of ``kind``; None: both)."""
-    with open_index(layout, job.max_attempts, job.retry_invalid_output) as index:
+    with open_index(layout, job.retry_policy()) as index:
         return index.any_pending(kind)
 
 

@@ -75,6 +75,7 @@ def batch_pipeline(
     output_schema: dict[str, Any] | str | None = None,
     output_model: str | None = None,
     retry_invalid_output: bool = False,
+    retry_canceled: bool = False,
     max_attempts: int = 3,
     poll_interval: float = 10.0,
     max_poll_interval: float = 300.0,
@@ -115,6 +116,8 @@ def batch_pipeline(
             output_schema.
         retry_invalid_output: Resubmit replies that did not parse or match the schema (each
             attempt is paid for).
+        retry_canceled: Resubmit requests that a cancel stopped (batchline cancel), to resume
+            a run paused that way.
         max_attempts: Submissions per request, counting the first; only retryable failures
             are resubmitted.
         poll_interval: Shortest wait between polls of the batches, in seconds; the wait is a
@@ -147,6 +150,7 @@ def batch_pipeline(
         output_schema=output_schema,
         output_model=output_model,
         retry_invalid_output=retry_invalid_output,
+        retry_canceled=retry_canceled,
         max_attempts=max_attempts,
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,

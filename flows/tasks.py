@@ -105,9 +105,8 @@ def _submit_key(_: TaskRunContext, p: dict[str, Any]) -> str:
         "submit",
         p["output"],
         p["built"].fingerprint,
-        job.max_attempts,
+        job.retry_policy().fingerprint(),
         job.max_batches_in_flight,
-        job.retry_invalid_output,
         p["kind"],
         p["round"],
     )
@@ -349,6 +348,7 @@ RUN_SETTINGS = (
     "max_requests_per_batch",
     "max_batches_in_flight",
     "retry_invalid_output",
+    "retry_canceled",
     *ROW_COLUMNS,
 )
 

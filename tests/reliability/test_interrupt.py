@@ -89,10 +89,11 @@ def test_a_second_ctrl_c_exits_at_once(
     assert code == 130, printed
 
 
-def test_ctrl_c_then_cancel_stops_the_batch_and_the_same_command_keeps_canceled_rows(
+def test_ctrl_c_then_cancel_stops_the_batch_and_retry_canceled_resumes_it(
     tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
 ) -> None:
-    emulator, env = emulator_env(processing_seconds=120)
+    # Long enough that the cancel lands first, even on a busy machine; the resumed batch too.
+    emulator, env = emulator_env(processing_seconds=30)
     docs = write_documents(tmp_path / "docs", 5)
     output = tmp_path / "out"
     api = Anthropic(base_url=emulator.base_url, api_key=TEST_API_KEY)
@@ -131,3 +132,13 @@ def test_ctrl_c_then_cancel_stops_the_batch_and_the_same_command_keeps_canceled_
     again = batchline("cancel", str(output), env=env)
     assert again.returncode == 0
     assert again.stdout.strip() == f"nothing to cancel: no batch of {output} is processing"
+
+    code, printed = finish(run_cli(tmp_path / "docs", output, env, "--retry-canceled"))
+    assert code == 0, printed
+    table = pd.read_parquet(output / "results")
+    assert set(table.status) == {"succeeded"} and set(table.attempts) == {2}
+    assert_complete_and_paid_once(table, emulator, set(docs))
+    assert emulator.stats()["batches_created"] == 2
+    resumed = output_status(OutputLayout(str(output)))
+    assert resumed.answers == {"canceled": 5, "succeeded": 5}
+    assert resumed.spent_usd == pytest.approx(table.cost_usd.sum()) and resumed.spent_usd > 0

@@ -75,7 +75,7 @@ def test_every_result_lands_on_its_row_whatever_the_order(ids: list[str], data: 
         # The retry pass takes exactly the retryable ones, and all of them succeed.
         states = Ledger(layout).request_states()
         retry = [
-            needs_submission(states[c], h, JOB.max_attempts)
+            needs_submission(states[c], h, JOB.retry_policy())
             for c, h in zip(custom_ids, hashes, strict=True)
         ]
         again = manifest.filter(pa.array(retry))

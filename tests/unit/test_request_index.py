@@ -104,7 +104,7 @@ def _check(layout: OutputLayout, manifest: list[tuple[str, str]]) -> None:
     expected = _reference(layout)
     states = Ledger(layout).request_states()
     assert dict(states) == expected
-    kinds = [submission_kind(expected.get(c), h, 3) for c, h in manifest]
+    kinds = [submission_kind(expected.get(c), h) for c, h in manifest]
     with open_index(layout) as index:
         for kind in ("new", "retry"):
             assert index.count_pending(kind) == kinds.count(kind)

@@ -4,7 +4,7 @@ import anthropic
 import httpx2
 import pytest
 
-from batchline.config import ConfigError, RunError
+from batchline.config import ConfigError, RetryPolicy, RunError
 from batchline.ledger import RequestState
 from batchline.retry import is_retryable, is_transient_api_failure, needs_submission
 
@@ -37,15 +37,22 @@ def test_unknown_status_is_an_error_not_a_silent_skip() -> None:
 
 def test_needs_submission_counts_attempts_per_params() -> None:
     failed = RequestState("h1", attempts=2, batch_id="b", status="errored", error_type="api_error")
-    assert needs_submission(None, "h1", 3)
-    assert needs_submission(failed, "h1", 3)
-    assert not needs_submission(failed, "h1", 2)
+    assert needs_submission(None, "h1")
+    assert needs_submission(failed, "h1", RetryPolicy(max_attempts=3))
+    assert not needs_submission(failed, "h1", RetryPolicy(max_attempts=2))
     # changed params: a new request, whatever happened to the old one
     done = RequestState("h1", attempts=1, batch_id="b", status="succeeded")
-    assert not needs_submission(done, "h1", 3)
-    assert needs_submission(done, "h2", 3)
+    assert not needs_submission(done, "h1")
+    assert needs_submission(done, "h2")
     in_flight = RequestState("h1", attempts=1, batch_id="b")
-    assert not needs_submission(in_flight, "h1", 3)
+    assert not needs_submission(in_flight, "h1")
+
+
+def test_canceled_requests_are_resubmitted_only_when_asked_and_within_the_attempts() -> None:
+    canceled = RequestState("h", attempts=1, batch_id="b", status="canceled")
+    assert not needs_submission(canceled, "h")
+    assert needs_submission(canceled, "h", RetryPolicy(retry_canceled=True))
+    assert not needs_submission(canceled, "h", RetryPolicy(max_attempts=1, retry_canceled=True))
 
 
 def _status_error(status: int) -> anthropic.APIStatusError:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from batchline.build import render_params
-from batchline.config import ConfigError, JobConfig
+from batchline.config import ConfigError, JobConfig, RetryPolicy
 from batchline.ledger import RequestState
 from batchline.load import Document
 from batchline.retry import is_retryable, needs_submission
@@ -234,8 +234,8 @@ def test_typed_columns_fill_valid_rows_and_leave_others_null() -> None:
 
 def test_invalid_output_is_retried_only_when_asked() -> None:
     assert not is_retryable("invalid_output", NOT_JSON)
-    assert is_retryable("invalid_output", NOT_VALID, retry_invalid_output=True)
+    assert is_retryable("invalid_output", NOT_VALID, RetryPolicy(retry_invalid_output=True))
     state = RequestState("h", 1, "b1", "invalid_output", NOT_JSON)
-    assert not needs_submission(state, "h", 3)
-    assert needs_submission(state, "h", 3, retry_invalid_output=True)
-    assert not needs_submission(state, "h", 1, retry_invalid_output=True)
+    assert not needs_submission(state, "h")
+    assert needs_submission(state, "h", RetryPolicy(retry_invalid_output=True))
+    assert not needs_submission(state, "h", RetryPolicy(max_attempts=1, retry_invalid_output=True))
