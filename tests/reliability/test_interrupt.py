@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
@@ -30,17 +32,43 @@ from tests.support import (
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def test_ctrl_c_during_wait_stops_within_seconds_cancelled_and_the_same_command_resumes(
+@dataclass
+class Waiting:
+    """A CLI run over a few documents that has submitted its batch and is waiting for it."""
+
+    emulator: Emulator
+    env: dict[str, str]
+    source: Path
+    docs: dict[str, str]
+    output: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def waiting_run(
     tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
+) -> Callable[[int, float], Waiting]:
+    """``waiting_run(documents, processing_seconds)``: such a run, against its own emulator."""
+
+    def start(documents: int, processing_seconds: float) -> Waiting:
+        emulator, env = emulator_env(processing_seconds=processing_seconds)
+        docs = write_documents(tmp_path / "docs", documents)
+        output = tmp_path / "out"
+        process = run_cli(tmp_path / "docs", output, env)
+        wait_for(lambda: submitted_batches(output), 120, "the first batch", process)
+        return Waiting(emulator, env, tmp_path / "docs", docs, output, process)
+
+    return start
+
+
+def test_ctrl_c_during_wait_stops_within_seconds_cancelled_and_the_same_command_resumes(
+    waiting_run: Callable[[int, float], Waiting],
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.objects import StateType
 
-    emulator, env = emulator_env(processing_seconds=20)
-    docs = write_documents(tmp_path / "docs", 5)
-    output = tmp_path / "out"
-    process = run_cli(tmp_path / "docs", output, env)
-    wait_for(lambda: submitted_batches(output), 120, "the first batch", process)
+    run = waiting_run(5, 20)
+    emulator, env, docs, output, process = run.emulator, run.env, run.docs, run.output, run.process
     time.sleep(1)  # well into wait
 
     process.send_signal(signal.SIGINT)
@@ -63,21 +91,15 @@ def test_ctrl_c_during_wait_stops_within_seconds_cancelled_and_the_same_command_
         state = client.read_flow_run(UUID(match[1])).state
     assert state is not None and state.type == StateType.CANCELLED, state
 
-    code, printed = finish(run_cli(tmp_path / "docs", output, env))
+    code, printed = finish(run_cli(run.source, output, env))
 
     assert code == 0, printed
     assert submitted_batches(output) == [batch_id]
     assert_complete_and_paid_once(pd.read_parquet(output / "results"), emulator, set(docs))
 
 
-def test_a_second_ctrl_c_exits_at_once(
-    tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
-) -> None:
-    _, env = emulator_env(processing_seconds=20)
-    write_documents(tmp_path / "docs", 2)
-    output = tmp_path / "out"
-    process = run_cli(tmp_path / "docs", output, env)
-    wait_for(lambda: submitted_batches(output), 120, "the first batch", process)
+def test_a_second_ctrl_c_exits_at_once(waiting_run: Callable[[int, float], Waiting]) -> None:
+    process = waiting_run(2, 20).process
 
     process.send_signal(signal.SIGINT)
     time.sleep(0.05)  # while the first one is being handled
@@ -90,15 +112,12 @@ def test_a_second_ctrl_c_exits_at_once(
 
 
 def test_ctrl_c_then_cancel_stops_the_batch_and_retry_canceled_resumes_it(
-    tmp_path: Path, emulator_env: Callable[..., tuple[Emulator, dict[str, str]]]
+    waiting_run: Callable[[int, float], Waiting],
 ) -> None:
     # Long enough that the cancel lands first, even on a busy machine; the resumed batch too.
-    emulator, env = emulator_env(processing_seconds=30)
-    docs = write_documents(tmp_path / "docs", 5)
-    output = tmp_path / "out"
+    run = waiting_run(5, 30)
+    emulator, env, docs, output, process = run.emulator, run.env, run.docs, run.output, run.process
     api = Anthropic(base_url=emulator.base_url, api_key=TEST_API_KEY)
-    process = run_cli(tmp_path / "docs", output, env)
-    wait_for(lambda: submitted_batches(output), 120, "the first batch", process)
     [batch_id] = submitted_batches(output)
 
     refused = batchline("cancel", str(output), env=env)
@@ -122,7 +141,7 @@ def test_ctrl_c_then_cancel_stops_the_batch_and_retry_canceled_resumes_it(
     )
     assert api.messages.batches.retrieve(batch_id).request_counts.canceled == 5
 
-    code, printed = finish(run_cli(tmp_path / "docs", output, env))
+    code, printed = finish(run_cli(run.source, output, env))
     assert code == 0, printed
     table = pd.read_parquet(output / "results")
     assert sorted(table.doc_id) == sorted(docs) and set(table.status) == {"canceled"}
@@ -133,7 +152,7 @@ def test_ctrl_c_then_cancel_stops_the_batch_and_retry_canceled_resumes_it(
     assert again.returncode == 0
     assert again.stdout.strip() == f"nothing to cancel: no batch of {output} is processing"
 
-    code, printed = finish(run_cli(tmp_path / "docs", output, env, "--retry-canceled"))
+    code, printed = finish(run_cli(run.source, output, env, "--retry-canceled"))
     assert code == 0, printed
     table = pd.read_parquet(output / "results")
     assert set(table.status) == {"succeeded"} and set(table.attempts) == {2}
