@@ -78,12 +78,18 @@ def cli_env(
 def run_cli(
     source: Path | str, output: Path | str, env: dict[str, str], *extra: str
 ) -> subprocess.Popen[bytes]:
-    """Start ``batchline run SOURCE --output OUTPUT`` with fast polling, output captured."""
+    """Start ``batchline run SOURCE --output OUTPUT`` with fast polling, output captured.
+
+    The run handles SIGINT as a run started at a terminal does, even when the suite itself was
+    started as a background job of a shell, which gives it and its children an ignored SIGINT
+    that the CLI keeps ignored (flows/interrupt.py).
+    """
     return subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "batchline.cli",
+            "-c",
+            "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from batchline.cli import main; sys.exit(main())",
             "run",
             str(source),
             "--output",
